@@ -1,0 +1,1 @@
+"""The local stack (``tasador up/down/status/demo``) and Ray cluster definitions."""

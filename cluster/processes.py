@@ -1,0 +1,143 @@
+"""Starting and stopping the stack's processes: each in its own session, recorded by PID in
+``<state>/stack.json``, stopped by that PID (and its process group) only."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+
+def registry_path(state: Path) -> Path:
+    return state / "stack.json"
+
+
+def load_registry(state: Path) -> dict:
+    path = registry_path(state)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record(state: Path, name: str, **info) -> None:
+    registry = load_registry(state)
+    registry[name] = info
+    tmp = registry_path(state).with_suffix(".tmp")
+    tmp.write_text(json.dumps(registry, indent=2))
+    tmp.replace(registry_path(state))
+
+
+def forget(state: Path, name: str) -> None:
+    registry = load_registry(state)
+    registry.pop(name, None)
+    registry_path(state).write_text(json.dumps(registry, indent=2))
+
+
+def spawn(cmd: list[str], log_file: Path, env: dict | None = None, user: str | None = None) -> int:
+    """Start ``cmd`` in a new session (its own process group), output to ``log_file``; return its PID."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    if user:
+        cmd = ["runuser", "-u", user, "--", *cmd]
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    return proc.pid
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own exited child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group led by ``pid`` (the process itself if it has none), wait, then SIGKILL."""
+    if not alive(pid):
+        return
+    tree = descendants(pid)  # before the signal: orphans get re-parented once the leader exits
+    _signal_group(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not alive(pid):
+            break
+        time.sleep(0.2)
+    else:
+        _signal_group(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    _signal_group(pid, signal.SIGKILL, quiet=True)  # stragglers of the group
+    grace = time.monotonic() + 10
+    while any(alive(p) for p in tree) and time.monotonic() < grace:
+        time.sleep(0.2)
+    for child in tree:  # descendants that left the group (workers in sessions of their own)
+        if alive(child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` in the process tree (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_group(pid: int, sig: int, quiet: bool = False) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        if not quiet:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    except PermissionError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_http(url: str, timeout_s: float, headers: dict | None = None, pid: int | None = None) -> None:
+    """Wait until ``url`` answers 2xx; fail early if ``pid`` died."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if pid is not None and not alive(pid):
+            raise RuntimeError(f"process {pid} exited before {url} came up")
+        try:
+            resp = requests.get(url, timeout=2, headers=headers)
+            if resp.ok:
+                return
+            last = f"HTTP {resp.status_code}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s (last: {last})")

@@ -1,0 +1,66 @@
+"""The local Ray head: ``ray start --head --block`` with token auth, explicit ports and temp dir.
+
+``--block`` keeps one supervising process whose process group holds the head's daemons, so the
+stack stops exactly this cluster by that PID (never ``ray stop``, which stops every cluster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from cluster import processes
+from tasador.ray_jobs import auth_env, token_path
+from tasador.settings import Settings
+
+
+def temp_dir(settings: Settings) -> Path:
+    """Ray's temp dir holds Unix sockets (paths <= 107 bytes), so it is short: the setting, else
+    ``<state>/ray`` when that is short enough, else a /tmp dir named after the state dir."""
+    if settings.ray_temp_dir:
+        return Path(settings.ray_temp_dir)
+    inside = settings.state_path / "ray"
+    if len(str(inside)) <= 24:
+        return inside
+    return Path("/tmp") / f"tasador-ray-{hashlib.sha1(str(settings.state_path).encode()).hexdigest()[:10]}"
+
+
+def ray_bin() -> str:
+    local = Path(sys.executable).parent / "ray"
+    return str(local) if local.exists() else (shutil.which("ray") or "ray")
+
+
+def head_command(settings: Settings) -> list[str]:
+    """Every port explicit: the GCS port and the 209 after it belong to this head (daemons, workers)."""
+    p = settings.ray_gcs_port
+    cmd = [ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
+           "--node-ip-address", "127.0.0.1", "--port", str(p),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(settings.ray_dashboard_port),
+           "--ray-client-server-port", str(settings.ray_client_port),
+           "--metrics-export-port", str(settings.ray_metrics_port),
+           "--node-manager-port", str(p + 1), "--object-manager-port", str(p + 2),
+           "--dashboard-agent-listen-port", str(p + 3), "--dashboard-agent-grpc-port", str(p + 4),
+           "--runtime-env-agent-port", str(p + 5),
+           "--min-worker-port", str(p + 10), "--max-worker-port", str(p + 209),
+           "--temp-dir", str(temp_dir(settings))]
+    if settings.ray_num_cpus:
+        cmd += ["--num-cpus", str(settings.ray_num_cpus)]
+    return cmd
+
+
+def start(settings: Settings) -> int:
+    # job entrypoints run "python": the interpreter of this environment, first on the head's PATH
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    pid = processes.spawn(head_command(settings), settings.state_path / "logs" / "ray-head.log", env=env)
+    token = token_path(settings).read_text().strip()
+    try:
+        processes.wait_http(f"{settings.ray_dashboard}/api/version", 120,
+                            headers={"Authorization": f"Bearer {token}"}, pid=pid)
+    except Exception:
+        processes.stop_pid(pid)
+        raise
+    return pid

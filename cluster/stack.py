@@ -1,0 +1,92 @@
+"""The local stack: ``up`` starts each real component on loopback, ``down`` stops exactly what ``up``
+started (by the PIDs it recorded), ``status`` reports each one."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import requests
+
+from cluster import postgres, processes, ray_head
+from tasador import db
+from tasador.ray_jobs import token_path
+from tasador.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ORDER = ("postgres", "ray_head", "data_api")  # start order; stopped in reverse
+
+
+def up(settings: Settings, scale: float | None = None) -> dict:
+    state = settings.state_path
+    state.mkdir(parents=True, exist_ok=True)
+    if scale is not None:
+        settings = settings.replace(data_api_scale=scale)
+    registry = processes.load_registry(state)
+
+    if settings.pg_local:
+        pid = postgres.start(settings)
+        processes.record(state, "postgres", pid=pid, url=f"postgresql://{settings.pg_host}:{settings.pg_port}")
+    db.create_all_tables(settings)
+
+    if not processes.alive(registry.get("ray_head", {}).get("pid")):
+        pid = ray_head.start(settings)
+        processes.record(state, "ray_head", pid=pid, url=settings.ray_dashboard)
+
+    if not processes.alive(registry.get("data_api", {}).get("pid")):
+        cmd = [sys.executable, "-m", "cluster.cli", "data-api", "--host", settings.data_api_host,
+               "--port", str(settings.data_api_port), "--scale", str(settings.data_api_scale),
+               "--seed", str(settings.data_api_seed)]
+        if settings.data_api_source:
+            cmd += ["--source", settings.data_api_source]
+        pid = processes.spawn(cmd, state / "logs" / "data-api.log")
+        processes.wait_http(f"{settings.data_api}/health", 60, pid=pid)
+        processes.record(state, "data_api", pid=pid, url=settings.data_api, scale=settings.data_api_scale)
+    return status(settings)
+
+
+def down(settings: Settings) -> list[str]:
+    state = settings.state_path
+    registry = processes.load_registry(state)
+    stopped = []
+    for name in reversed(ORDER):
+        info = registry.get(name)
+        if not info:
+            continue
+        if name == "postgres":
+            postgres.stop(settings)
+        else:
+            processes.stop_pid(info["pid"])
+        processes.forget(state, name)
+        stopped.append(name)
+    return stopped
+
+
+def status(settings: Settings) -> dict:
+    registry = processes.load_registry(settings.state_path)
+    report = {}
+    for name in ORDER:
+        info = registry.get(name)
+        if not info:
+            report[name] = {"state": "not started"}
+            continue
+        report[name] = {**info, "state": "running" if _healthy(settings, name, info) else "down"}
+    return report
+
+
+def _healthy(settings: Settings, name: str, info: dict) -> bool:
+    if not processes.alive(info.get("pid")):
+        return False
+    try:
+        if name == "postgres":
+            db.connect(settings.raw_db, attempts=1).close()
+        elif name == "ray_head":
+            token = token_path(settings).read_text().strip()
+            requests.get(f"{info['url']}/api/version", timeout=3,
+                         headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+        else:
+            requests.get(f"{info['url']}/health", timeout=3).raise_for_status()
+    except Exception:  # any failure to answer is "down"
+        return False
+    return True

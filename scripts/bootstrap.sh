@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for Tasador: PostgreSQL server binaries (apt-get when missing), the virtual
+# environment at .venv with the project and its extras. Idempotent; safe to run every time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${TASADOR_EXTRAS:-dev}"
+
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "bootstrap: installing PostgreSQL server"
+  apt_install postgresql
+fi
+
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.tasador-installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS//,/_}"
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: installing the project and its dependencies (extras: $EXTRAS)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+  rm -f .venv/.tasador-installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The tests on a fresh machine: set up, lint, then pytest against real components (PostgreSQL,
+# a Ray cluster, HTTP servers) that the tests start themselves on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -p no:dash "$@"

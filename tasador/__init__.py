@@ -1,0 +1,1 @@
+"""Tasador: the domain core shared by every component (settings, schema, DB, data API client)."""

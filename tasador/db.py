@@ -1,0 +1,115 @@
+"""PostgreSQL access: connections (retried while the server restarts), table creation, COPY in and out.
+
+Every table of every database is created here, once. SQL is parameterised; identifiers that vary
+(table names) only ever come from the constants below, never from input.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg2
+import psycopg2.extensions
+
+from tasador.schema import COLUMNS
+
+log = logging.getLogger(__name__)
+
+_raw_columns = ",\n    ".join(f"{c} TEXT" for c in COLUMNS)
+
+RAW_DDL = f"""
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id BIGSERIAL PRIMARY KEY,
+    group_number INT NOT NULL,
+    day TEXT NOT NULL,
+    batch_number INT NOT NULL,
+    rows INT NOT NULL CHECK (rows >= 0),
+    payload_sha256 TEXT NOT NULL,
+    source_url TEXT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (group_number, day, batch_number)
+);
+CREATE TABLE IF NOT EXISTS listings (
+    raw_id BIGSERIAL PRIMARY KEY,
+    batch_id BIGINT NOT NULL REFERENCES batches (batch_id) DEFERRABLE INITIALLY DEFERRED,
+    row_number INT NOT NULL,
+    {_raw_columns},
+    UNIQUE (batch_id, row_number)
+);
+"""
+
+DDL_BY_DATABASE = {"raw": RAW_DDL}
+
+
+def connect(url: str, attempts: int = 30, delay_s: float = 1.0) -> psycopg2.extensions.connection:
+    """Connect, retrying while the server is starting or restarting (then raise the last error)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return psycopg2.connect(url, connect_timeout=10)
+        except psycopg2.OperationalError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("database %s not reachable (%s); retry %d/%d", _safe(url), exc, attempt, attempts)
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def transaction(url: str) -> Iterator[psycopg2.extensions.cursor]:
+    """One connection, one transaction: committed on success, rolled back on any exception."""
+    conn = connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
+
+
+def create_tables(url: str, database: str) -> None:
+    """Create the tables of ``database`` ("raw", "clean") if missing. Idempotent."""
+    with transaction(url) as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tasador-ddl-{database}",))
+        cur.execute(DDL_BY_DATABASE[database])
+
+
+def create_all_tables(settings) -> None:
+    """Create the tables of every database this project owns (raw and clean)."""
+    create_tables(settings.raw_db, "raw")
+    if "clean" in DDL_BY_DATABASE:
+        create_tables(settings.clean_db, "clean")
+
+
+def copy_in(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """COPY ``rows`` (sequences of Python values, None for NULL) into ``table``. Returns the count."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    count = 0
+    for row in rows:
+        writer.writerow(["\\N" if v is None else v for v in row])
+        count += 1
+    buf.seek(0)
+    cur.copy_expert(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
+    )
+    return count
+
+
+def copy_out_csv(cur, query: str) -> str:
+    """COPY the result of ``query`` (a fixed SQL text, no input) out as CSV with a header."""
+    buf = io.StringIO()
+    cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL '')", buf)
+    return buf.getvalue()
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}@{host}"

@@ -1,0 +1,126 @@
+"""The one settings object. Every value comes from a ``TASADOR_*`` environment variable, a ``.env`` file
+in the working directory, or the embedded default below (which runs the local stack on loopback).
+
+Ray workers and job drivers do not inherit the submitting shell's environment: pass
+``settings.as_env()`` as ``runtime_env={"env_vars": ...}`` (``tasador.ray_jobs`` does this).
+URL settings left empty are derived from the host/port settings (see the properties).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PREFIX = "TASADOR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where the local stack keeps its data, logs, PIDs and secrets
+    state_dir: str = "state"
+    # PostgreSQL: the local server, and one URL per database (any may point at another server)
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5433
+    pg_user: str = "tasador"
+    pg_local: bool = True  # start a local server in the state dir (false: every *_db_url is external)
+    raw_db_url: str = ""  # empty: the local server's raw_data
+    clean_db_url: str = ""
+    mlflow_db_url: str = ""
+    # the data API (the re-created course API by default; any compatible API by URL)
+    data_api_host: str = "127.0.0.1"
+    data_api_port: int = 8800
+    data_api_url: str = ""
+    data_api_scale: float = 1.0
+    data_api_seed: int = 42
+    data_api_source: str = ""
+    data_api_timeout_s: float = 120.0
+    data_api_retries: int = 5
+    data_api_backoff_s: float = 1.0
+    group: int = 9
+    day: str = "Tuesday"
+    # Ray head of the local stack
+    ray_gcs_port: int = 6390
+    ray_dashboard_port: int = 8265
+    ray_client_port: int = 10011
+    ray_metrics_port: int = 8090
+    ray_num_cpus: int = 0  # 0: let Ray count the cores
+    ray_temp_dir: str = ""  # empty: <state>/ray when short, else /tmp/tasador-ray-<id> (socket paths)
+    ray_address: str = ""  # dashboard URL for job submission; empty: the local head
+
+    def _pg_url(self, database: str) -> str:
+        return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{database}"
+
+    @property
+    def raw_db(self) -> str:
+        return self.raw_db_url or self._pg_url("raw_data")
+
+    @property
+    def clean_db(self) -> str:
+        return self.clean_db_url or self._pg_url("clean_data")
+
+    @property
+    def mlflow_db(self) -> str:
+        return self.mlflow_db_url or self._pg_url("mlflow")
+
+    @property
+    def data_api(self) -> str:
+        return (self.data_api_url or f"http://{self.data_api_host}:{self.data_api_port}").rstrip("/")
+
+    @property
+    def ray_dashboard(self) -> str:
+        return self.ray_address or f"http://127.0.0.1:{self.ray_dashboard_port}"
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).resolve()
+
+    @classmethod
+    def load(cls, env: dict[str, str] | None = None, dotenv: str | Path = ".env") -> Settings:
+        """Read ``.env`` (if present), then the environment (which wins)."""
+        values = _read_dotenv(Path(dotenv))
+        values.update(os.environ if env is None else env)
+        kwargs = {}
+        for f in fields(cls):
+            raw = values.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kwargs[f.name] = _convert(f, raw)
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """Every setting as ``TASADOR_*`` variables (state_dir made absolute), for runtime_env."""
+        env = {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        env[PREFIX + "STATE_DIR"] = str(self.state_path)
+        return env
+
+
+def _convert(f: dataclasses.Field, raw: str):
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError as exc:
+        raise ValueError(f"setting {PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from exc
+    return raw
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values

@@ -1,0 +1,150 @@
+"""Ingestion as a real Ray job (``ray job submit`` to the local head) into the real raw database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from data_api.plan import PLAN, batch_order, scaled_rows
+from tasador import ray_jobs
+from tests.conftest import REPO, TEST_SCALE
+from tests.faulty_api import FaultyApi
+
+
+def ingest(settings, group, day="Monday", **changes):
+    s = settings.replace(**changes) if changes else settings
+    return ray_jobs.run(s, "jobs.ingest", ["--group", str(group), "--day", day], timeout_s=300)
+
+
+def ledger(raw, group, day="Monday"):
+    with raw.cursor() as cur:
+        cur.execute("SELECT b.batch_number, b.rows, count(l.raw_id) FROM batches b"
+                    " LEFT JOIN listings l USING (batch_id) WHERE group_number = %s AND day = %s"
+                    " GROUP BY b.batch_id ORDER BY b.batch_number", (group, day))
+        return cur.fetchall()
+
+
+def test_ray_job_submit_cli_ingests_one_batch(settings, raw, group):
+    """The user's entry point, verbatim: ``ray job submit --working-dir . -- python -m jobs.ingest``."""
+    env = {**os.environ, "RAY_ADDRESS": settings.ray_dashboard}
+    runtime_env = json.dumps({"excludes": [".venv", "state", ".git"], "env_vars": settings.as_env()})
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--working-dir", ".",
+           "--runtime-env-json", runtime_env,
+           "--", "python", "-m", "jobs.ingest", "--group", str(group), "--day", "Monday"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = ray_jobs.last_json(out.stdout)
+    first = PLAN[batch_order(group, "Monday")[0]]
+    assert summary["status"] == "ingested" and summary["rows"] == scaled_rows(first, TEST_SCALE)
+    assert ledger(raw, group) == [(1, summary["rows"], summary["rows"])]
+
+
+def test_every_batch_then_exhausted_ends_cleanly(settings, raw, group):
+    for n in range(1, len(PLAN) + 1):
+        outcome = ingest(settings, group)
+        assert outcome.status == "SUCCEEDED", outcome.logs
+        assert outcome.summary["batch_number"] == n
+    outcome = ingest(settings, group)
+    assert outcome.status == "SUCCEEDED"
+    assert outcome.summary["status"] == "exhausted"
+    assert "no more batches" in outcome.summary["message"]
+    expected = [scaled_rows(PLAN[k], TEST_SCALE) for k in batch_order(group, "Monday")]
+    assert ledger(raw, group) == [(n, rows, rows) for n, rows in enumerate(expected, start=1)]
+
+
+def test_reingesting_a_stored_batch_is_a_no_op(settings, raw, group):
+    first = ingest(settings, group).summary
+    ray_jobs_client_restart(settings, group)
+    again = ingest(settings, group).summary
+    assert again["status"] == "already_stored"
+    assert again["batch_id"] == first["batch_id"] and again["payload_sha256"] == first["payload_sha256"]
+    assert ledger(raw, group) == [(1, first["rows"], first["rows"])]
+
+
+def ray_jobs_client_restart(settings, group, day="Monday"):
+    from tasador.api_client import DataApiClient
+
+    DataApiClient(settings.data_api).restart(group, day)
+
+
+def test_server_errors_are_retried_with_backoff(settings, raw, group):
+    proxy = FaultyApi(settings.data_api, fail_first=2, fail_status=503)
+    try:
+        outcome = ingest(settings, group, data_api_url=proxy.url)
+    finally:
+        proxy.close()
+    assert outcome.status == "SUCCEEDED", outcome.logs
+    assert outcome.summary["status"] == "ingested"
+    assert proxy.requests == 3
+    assert "retry 1/" in outcome.logs and "retry 2/" in outcome.logs
+    assert len(ledger(raw, group)) == 1
+
+
+def test_persistent_failure_fails_the_job_and_writes_nothing(settings, raw, group):
+    proxy = FaultyApi(settings.data_api, fail_first=100, fail_status=500)
+    try:
+        outcome = ingest(settings, group, data_api_url=proxy.url, data_api_retries=2)
+    finally:
+        proxy.close()
+    assert outcome.status == "FAILED"
+    assert outcome.summary["status"] == "failed"
+    assert "failed after 3 attempts" in outcome.summary["error"] and "HTTP 500" in outcome.summary["error"]
+    assert ledger(raw, group) == []
+
+
+@pytest.mark.parametrize("body,problem", [(b"not json", "not a batch"),
+                                          (b'{"batch_number": 1, "data": [1, 2]}', "not a list of listing objects")])
+def test_malformed_answer_is_reported_not_stored(settings, raw, group, body, problem):
+    proxy = FaultyApi(settings.data_api, body=body)
+    try:
+        outcome = ingest(settings, group, data_api_url=proxy.url)
+    finally:
+        proxy.close()
+    assert outcome.status == "FAILED" and problem in outcome.summary["error"]
+    assert ledger(raw, group) == []
+
+
+def test_job_killed_mid_batch_leaves_nothing(settings, raw, group):
+    """Block the ingest transaction after its COPY (the test holds a lock on the ledger), stop the
+    job while it waits there, release: neither the rows nor the ledger row may remain."""
+    with raw.cursor() as cur:
+        cur.execute("SELECT count(*) FROM listings")
+        rows_before = cur.fetchone()[0]
+    holder = __import__("psycopg2").connect(settings.raw_db)
+    lock = holder.cursor()
+    lock.execute("LOCK TABLE batches IN EXCLUSIVE MODE")
+    job_id = ray_jobs.submit(settings, "jobs.ingest", ["--group", str(group), "--day", "Monday"])
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with raw.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND query LIKE 'INSERT INTO batches%%'")
+                if cur.fetchone()[0]:
+                    break
+            assert time.monotonic() < deadline, "the ingest job never reached its ledger insert"
+            time.sleep(0.1)
+        ray_jobs.client(settings).stop_job(job_id)
+        while ray_jobs.client(settings).get_job_status(job_id).value not in ray_jobs.TERMINAL:
+            time.sleep(0.2)
+    finally:
+        holder.rollback()
+        holder.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the dead client's backend aborts its transaction
+        with raw.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'raw_data'"
+                        " AND pid <> pg_backend_pid() AND state <> 'idle'")
+            if cur.fetchone()[0] == 0:
+                break
+        time.sleep(0.2)
+    assert ray_jobs.client(settings).get_job_status(job_id).value == "STOPPED"
+    with raw.cursor() as cur:
+        cur.execute("SELECT count(*) FROM listings")
+        assert cur.fetchone()[0] == rows_before
+    assert ledger(raw, group) == []

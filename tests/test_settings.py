@@ -1,0 +1,42 @@
+"""The one settings object: environment, .env, derived URLs, clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from tasador.settings import Settings
+from tests.conftest import REPO
+
+
+def test_environment_wins_over_dotenv(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("TASADOR_PG_PORT=6000\nTASADOR_GROUP=4\n# comment\n")
+    s = Settings.load(env={"TASADOR_PG_PORT": "7000"}, dotenv=dotenv)
+    assert s.pg_port == 7000 and s.group == 4
+    assert s.raw_db == "postgresql://tasador@127.0.0.1:7000/raw_data"
+
+
+def test_explicit_url_overrides_the_derived_one():
+    s = Settings.load(env={"TASADOR_CLEAN_DB_URL": "postgresql://u@db.example:5432/clean"}, dotenv="/none")
+    assert s.clean_db == "postgresql://u@db.example:5432/clean"
+    assert s.raw_db.endswith(":5433/raw_data")
+
+
+def test_bad_value_names_the_variable():
+    with pytest.raises(ValueError, match="TASADOR_PG_PORT"):
+        Settings.load(env={"TASADOR_PG_PORT": "five"}, dotenv="/none")
+
+
+def test_env_round_trip():
+    s = Settings(pg_port=6543, data_api_scale=0.5, pg_local=False)
+    assert Settings.load(env=s.as_env(), dotenv="/none").replace(state_dir=s.state_dir) == s.replace(
+        state_dir=s.state_dir)
+
+
+def test_env_example_lists_every_setting():
+    listed = {line.split("=", 1)[0].strip().lstrip("# ") for line in (REPO / ".env.example").read_text().splitlines()
+              if "TASADOR_" in line and "=" in line}
+    expected = {"TASADOR_" + f.name.upper() for f in fields(Settings)}
+    assert expected <= listed, f"missing from .env.example: {sorted(expected - listed)}"
