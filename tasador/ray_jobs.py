@@ -53,9 +53,9 @@ def use_cluster_auth(settings: Settings) -> None:
 
 
 def client(settings: Settings):
+    use_cluster_auth(settings)  # before the import: Ray reads its auth mode when first imported
     from ray.job_submission import JobSubmissionClient
 
-    use_cluster_auth(settings)
     return JobSubmissionClient(settings.ray_dashboard)
 
 
