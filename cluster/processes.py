@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -141,3 +143,29 @@ def wait_http(url: str, timeout_s: float, headers: dict | None = None, pid: int 
             last = type(exc).__name__
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s (last: {last})")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_block(size: int) -> int:
+    """The first of ``size`` consecutive free loopback ports (a Ray head uses a block)."""
+    for _ in range(200):
+        base = random.randrange(21000, 45000)
+        socks = []
+        try:
+            for p in range(base, base + size):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {size} free ports found")

@@ -90,3 +90,12 @@ def _healthy(settings: Settings, name: str, info: dict) -> bool:
     except Exception:  # any failure to answer is "down"
         return False
     return True
+
+
+def isolated_settings(state_dir: str, **changes) -> Settings:
+    """Settings for a private stack (tests, benchmarks): its own state dir and free loopback ports."""
+    base = dict(state_dir=state_dir, pg_port=processes.free_port(), data_api_port=processes.free_port(),
+                ray_gcs_port=processes.free_block(210), ray_dashboard_port=processes.free_port(),
+                ray_client_port=processes.free_port(), ray_metrics_port=processes.free_port())
+    base.update(changes)
+    return Settings.load().replace(**base)

@@ -84,14 +84,21 @@ def create_all_tables(settings) -> None:
         create_tables(settings.clean_db, "clean")
 
 
+NULL = "\\N"
+
+
 def copy_in(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
-    """COPY ``rows`` (sequences of Python values, None for NULL) into ``table``. Returns the count."""
+    """COPY ``rows`` (tuples of Python values, None for NULL) into ``table``. Returns the count."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
     count = 0
-    for row in rows:
-        writer.writerow(["\\N" if v is None else v for v in row])
-        count += 1
+
+    def with_nulls():  # None -> the NULL marker; an empty string stays an (unquoted) empty string
+        nonlocal count
+        for row in rows:
+            count += 1
+            yield tuple(NULL if v is None else v for v in row) if None in row else row
+
+    csv.writer(buf, lineterminator="\n").writerows(with_nulls())
     buf.seek(0)
     cur.copy_expert(
         f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf

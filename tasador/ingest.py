@@ -7,9 +7,9 @@ same payload is a no-op; with a different payload it is refused (the API changed
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 
 from tasador import db
 from tasador.api_client import Batch, BatchesExhausted, DataApiClient
@@ -66,8 +66,7 @@ def store_batch(raw_url: str, batch: Batch) -> IngestResult:
                                 message="this batch is already in raw; nothing written")
         cur.execute("SELECT nextval(pg_get_serial_sequence('batches', 'batch_id'))")
         batch_id = cur.fetchone()[0]
-        rows = db.copy_in(cur, "listings", ("batch_id", "row_number", *COLUMNS),
-                          ((batch_id, i, *(_as_text(r.get(c)) for c in COLUMNS)) for i, r in enumerate(batch.rows)))
+        rows = db.copy_in(cur, "listings", ("batch_id", "row_number", *COLUMNS), _raw_rows(batch_id, batch.rows))
         # the ledger row goes last: until it commits, the batch does not exist for anyone
         cur.execute("INSERT INTO batches (batch_id, group_number, day, batch_number, rows, payload_sha256, source_url)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -77,12 +76,15 @@ def store_batch(raw_url: str, batch: Batch) -> IngestResult:
                         message=f"stored {rows} rows")
 
 
-def _as_text(value) -> str | None:
-    """A JSON scalar as the text it was received as (numbers keep their float form: 103378.0)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | dict | list):
-        return json.dumps(value)
-    return repr(value) if isinstance(value, float) else str(value)
+_values = itemgetter(*COLUMNS)
+
+
+def _raw_rows(batch_id: int, rows: list[dict]):
+    """Each listing as received: JSON scalars as their text (a float keeps its form, 103378.0),
+    null as NULL, a missing key as NULL, keys outside the schema ignored."""
+    for i, row in enumerate(rows):
+        try:
+            values = _values(row)
+        except KeyError:
+            values = tuple(row.get(c) for c in COLUMNS)
+        yield (batch_id, i, *values)

@@ -4,8 +4,6 @@ HTTP) in a temporary state dir, on free loopback ports, started by the same code
 from __future__ import annotations
 
 import os
-import random
-import socket
 import zlib
 from pathlib import Path
 
@@ -21,37 +19,8 @@ SAMPLES = REPO.parent / "shared" / "data" / "realtor-samples"
 TEST_SCALE = 0.02  # every data API batch at 2%: 21,698 rows over the six batches
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_block(size: int) -> int:
-    """The first port of ``size`` consecutive free ports (Ray's head uses a block)."""
-    for _ in range(200):
-        base = random.randrange(21000, 45000)
-        try:
-            socks = []
-            for p in range(base, base + size):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
-
-
 def fresh_settings(tmp: Path, **changes) -> Settings:
-    base = dict(state_dir=str(tmp / "state"), pg_port=free_port(), data_api_port=free_port(),
-                ray_gcs_port=free_block(210), ray_dashboard_port=free_port(), ray_client_port=free_port(),
-                ray_metrics_port=free_port(), data_api_scale=TEST_SCALE, data_api_backoff_s=0.2)
-    base.update(changes)
-    return Settings(**base)
+    return stack.isolated_settings(str(tmp / "state"), data_api_scale=TEST_SCALE, data_api_backoff_s=0.2, **changes)
 
 
 @pytest.fixture(scope="session")

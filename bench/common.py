@@ -1,0 +1,53 @@
+"""What the benchmarks share: a private stack in a temporary dir, timing, peak memory, the JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cluster import stack
+from tasador.settings import Settings
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--quick", action="store_true", help="a small run (10%% of the data) to check it works")
+    return p
+
+
+@contextmanager
+def private_stack(scale: float) -> Iterator[Settings]:
+    with tempfile.TemporaryDirectory(prefix="tasador-bench-") as tmp:
+        os.chmod(tmp, 0o755)
+        settings = stack.isolated_settings(os.path.join(tmp, "state"), data_api_scale=scale)
+        try:
+            stack.up(settings)
+            yield settings
+        finally:
+            stack.down(settings)
+
+
+@contextmanager
+def timer() -> Iterator[dict]:
+    out = {}
+    start = time.perf_counter()
+    yield out
+    out["s"] = time.perf_counter() - start
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of a process (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def report(result: dict) -> None:
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))

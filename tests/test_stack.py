@@ -1,0 +1,36 @@
+"""``tasador up / status / down`` on a stack of their own: down stops exactly what up started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from cluster import processes, stack
+from tests.conftest import fresh_settings, registry_pids
+
+
+def test_status_reports_every_component_running(settings):
+    report = stack.status(settings)
+    assert {name: c["state"] for name, c in report.items()} == {n: "running" for n in stack.ORDER}
+
+
+def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    s = fresh_settings(tmp_path)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stack.up(s)
+        pids = registry_pids(s)
+        tree = {pid: processes.descendants(pid) for pid in pids.values()}
+        stack.up(s)  # a second up starts nothing new
+        assert registry_pids(s) == pids
+        assert sorted(stack.down(s)) == sorted(stack.ORDER)
+        for name, pid in pids.items():
+            assert not processes.alive(pid), f"{name} ({pid}) still running after down"
+            assert not [p for p in tree[pid] if processes.alive(p)], f"children of {name} left running"
+        assert processes.alive(bystander.pid), "down must not touch processes it did not start"
+        assert {c["state"] for c in stack.status(s).values()} == {"not started"}
+    finally:
+        stack.down(s)
+        bystander.kill()
