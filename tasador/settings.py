@@ -40,6 +40,14 @@ class Settings:
     data_api_backoff_s: float = 1.0
     group: int = 9
     day: str = "Tuesday"
+    # cleaning and the retrain decision
+    clean_price_min: float = 10_000.0
+    clean_price_max: float = 100_000_000.0
+    process_read_shards: int = 0  # 0: two per CPU of the cluster (at least 4)
+    drift_ks_threshold: float = 0.1  # KS statistic (an effect size) above which a feature drifted
+    drift_share_threshold: float = 0.1  # total-variation distance of a categorical's shares
+    drift_new_category_share: float = 0.05  # rows of categories unseen in the reference
+    retrain_min_rows: int = 10_000  # a drifted batch smaller than this does not trigger a retrain
     # Ray head of the local stack
     ray_gcs_port: int = 6390
     ray_dashboard_port: int = 8265

@@ -1,0 +1,85 @@
+"""Processing throughput: the 230,366-row raw batch -> clean listings + rejects.
+
+Measured, same run, same rows:
+- tasador: ``process_pending`` (Ray Data ``read_sql`` in parallel shards + ``map_batches`` cleaning,
+  duplicates, COPY of clean rows, rejects and ledger in one transaction), against the local Ray head;
+- baseline pandas: single process ``pd.read_sql`` + the same rules + ``DataFrame.to_sql``;
+- bound: a bare ``COPY ... TO STDOUT`` of the raw rows plus a bare ``COPY ... FROM STDIN`` of the clean
+  rows (pre-rendered) into a table like clean ``listings`` (same indexes): the I/O alone.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pandas as pd
+import sqlalchemy
+
+from bench.common import parser, private_stack, report, timer
+from tasador import db, processing
+from tasador.cleaning import CLEAN_COLUMNS, clean_frame, mark_duplicates
+from tasador.ingest import ingest_next
+from tasador.ray_jobs import use_cluster_auth
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    scale = 0.1 if args.quick else 1.0
+    with private_stack(scale) as settings:
+        ingested = ingest_next(settings, 1, "bench")
+        rows = ingested.rows
+        batch_id = ingested.batch_id
+        use_cluster_auth(settings)
+        import ray
+
+        ray.init(address=f"127.0.0.1:{settings.ray_gcs_port}", logging_level=logging.WARNING)
+        try:
+            processing.clean_with_ray(settings, batch_id)  # warm the workers once, as a running cluster is
+            with timer() as t_tasador:
+                result = processing.process_pending(settings, 1, "bench")
+        finally:
+            ray.shutdown()  # before the stack goes down, or the driver aborts waiting for the GCS
+        assert result["batches"][0]["clean_rows"] + result["batches"][0]["rejected_rows"] == rows
+
+        engine = sqlalchemy.create_engine(settings.raw_db.replace("postgresql://", "postgresql+psycopg2://"))
+        clean_engine = sqlalchemy.create_engine(settings.clean_db.replace("postgresql://", "postgresql+psycopg2://"))
+        with timer() as t_pandas:
+            raw = pd.read_sql(sqlalchemy.text(processing.RAW_BATCH_SQL.replace("%s", ":b")), engine,
+                              params={"b": batch_id})
+            df = mark_duplicates(clean_frame(raw, settings.clean_price_min, settings.clean_price_max))
+            df[df["reason"].isna()][list(CLEAN_COLUMNS)].to_sql("bench_pandas_clean", clean_engine,
+                                                                  if_exists="replace", index=False, chunksize=10_000)
+            df[df["reason"].notna()][["raw_id", "batch_id", "reason"]].to_sql(
+                "bench_pandas_rejects", clean_engine, if_exists="replace", index=False)
+        engine.dispose()
+        clean_engine.dispose()
+
+        clean = df[df["reason"].isna()][list(CLEAN_COLUMNS)]
+        rendered = io.StringIO()
+        clean.to_csv(rendered, index=False, header=False)
+        with db.transaction(settings.clean_db) as cur:
+            cur.execute("CREATE TABLE bench_bound (LIKE listings INCLUDING INDEXES)")
+        with timer() as t_bound:
+            with db.transaction(settings.raw_db) as cur:
+                db.copy_out_csv(cur, processing.RAW_BATCH_SQL.replace("%s", str(int(batch_id))))
+            with db.transaction(settings.clean_db) as cur:
+                rendered.seek(0)
+                cur.copy_expert(f"COPY bench_bound ({', '.join(CLEAN_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
+                                rendered)
+        _report(rows, scale, t_tasador, t_pandas, t_bound)
+
+
+def _report(rows, scale, t_tasador, t_pandas, t_bound) -> None:
+    report({
+        "benchmark": "process", "rows": rows, "scale": scale,
+        "tasador_s": t_tasador["s"], "tasador_rows_per_s": rows / t_tasador["s"],
+        "pandas_s": t_pandas["s"], "pandas_rows_per_s": rows / t_pandas["s"],
+        "copy_bound_s": t_bound["s"], "copy_bound_rows_per_s": rows / t_bound["s"],
+        "ratio_tasador_vs_pandas": t_pandas["s"] / t_tasador["s"],
+        "ratio_tasador_vs_copy_bound": t_bound["s"] / t_tasador["s"],
+    })
+
+
+if __name__ == "__main__":
+    main()

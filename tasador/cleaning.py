@@ -1,0 +1,169 @@
+"""Cleaning rules: raw listings (text, as received) -> typed clean listings, or a reject with a reason.
+
+The rules, decided from the real file (DESIGN 3.1) and the real-format samples:
+- types: ids written as floats ("103378.0") become integers; zip codes that lost their leading zeros
+  ("601", "7838.0") become 5-character strings ("00601"); dates are ISO dates (the raw file also has
+  M/D/YYYY, "2/28/2020"); the rest are numbers. A house_size of 0 means "unknown" in the raw file
+  (299 of the 999 rows of the verbatim Puerto Rico sample) and becomes missing.
+- a row is rejected (never silently changed) when: status is not one of the three known; state is not
+  one of the 54 known; price is missing, not a number, $0 or outside [price_min, price_max]; a
+  number field holds text; bed or bath is negative, fractional or above 50; house_size is outside
+  [100, 100,000] sq ft; acre_lot is negative or above 100,000; prev_sold_date is not a date or lies
+  before 1900 or after the day the batch is processed; or the row repeats another row of the same
+  batch exactly (after typing), which keeps the first.
+- a missing value (bed, bath, house_size, acre_lot, ids, city, zip, date) stays missing: the model's
+  pipeline imputes it, and "missing" carries signal (ready_to_build never has a previous sale).
+- the same property listed more than once (for_sale, later sold) is kept, and every listing gets a
+  ``property_id`` (a hash of street, zip, city and state; of every property field when the street is
+  unknown) so that train/test splits keep all listings of a property on one side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasador.schema import COLUMNS, STATES, STATUSES
+
+CLEAN_COLUMNS: tuple[str, ...] = ("raw_id", "batch_id", "property_id", *COLUMNS)
+INT_IDS = ("brokered_by", "street")
+BOUNDS = {"bed": (0, 50), "bath": (0, 50), "house_size": (100, 100_000), "acre_lot": (0, 100_000)}
+
+
+def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
+                today: dt.date | None = None) -> pd.DataFrame:
+    """``raw`` has raw_id, batch_id and the 12 text columns. Returns the typed columns of CLEAN_COLUMNS
+    plus ``reason``: None for a clean row, else why it was rejected (the first rule it breaks)."""
+    today = today or dt.date.today()
+    out = pd.DataFrame({"raw_id": raw["raw_id"].astype("int64"), "batch_id": raw["batch_id"].astype("int64")})
+    reasons = pd.Series(None, index=raw.index, dtype=object)
+
+    def reject(mask: pd.Series, why) -> None:
+        """Record ``why`` for rows in ``mask`` not yet rejected: a string, or a function of the value
+        Series that builds the messages (called on the rejected rows only)."""
+        new = (mask.fillna(False) if mask.dtype != bool else mask) & reasons.isna()
+        if new.any():
+            reasons[new] = why if isinstance(why, str) else why(new).astype(object)
+
+    text = {c: _text(raw[c]) for c in COLUMNS}
+
+    status = text["status"].str.lower()
+    reject(status.isna(), "status missing")
+    reject(~status.isin(STATUSES) & status.notna(),
+           lambda m: "status '" + text["status"][m] + "' is not one of " + "/".join(STATUSES))
+    out["status"] = status
+
+    state = text["state"]
+    reject(state.isna(), "state missing")
+    reject(~state.isin(STATES) & state.notna(),
+           lambda m: "state '" + state[m] + "' is not a known US state or territory")
+    out["state"] = state
+
+    numbers = {}
+    for col in ("price", "bed", "bath", "acre_lot", "house_size", *INT_IDS, "zip_code"):
+        parsed = _number(text[col])
+        numbers[col] = parsed
+        reject(text[col].notna() & (parsed.isna() | ~np.isfinite(parsed)),
+               lambda m, col=col: col + " '" + text[col][m] + "' is not a number")
+
+    price = numbers["price"]
+    reject(price.isna() & text["price"].isna(), "price missing")
+    reject(price == 0, "price is $0")
+    reject(price < price_min, lambda m: "price $" + price[m].map("{:,.0f}".format) + f" below the ${price_min:,.0f} bound")
+    reject(price > price_max, lambda m: "price $" + price[m].map("{:,.0f}".format) + f" above the ${price_max:,.0f} bound")
+    out["price"] = price.astype("float64")
+
+    numbers["house_size"] = numbers["house_size"].replace(0.0, np.nan)
+    for col, (low, high) in BOUNDS.items():
+        value = numbers[col]
+        reject((value < low) | (value > high),
+               lambda m, col=col, value=value, low=low, high=high: f"{col} " + value[m].astype(str)
+               + f" outside [{low:,}, {high:,}]")
+        if col in ("bed", "bath"):
+            reject(value.notna() & (value % 1 != 0),
+                   lambda m, col=col, value=value: f"{col} " + value[m].astype(str) + " is not a whole number")
+        out[col] = value.astype("float64")
+
+    for col in INT_IDS:
+        value = numbers[col]
+        reject(value.notna() & ((value < 0) | (value % 1 != 0)),
+               lambda m, col=col, value=value: f"{col} " + value[m].astype(str) + " is not a positive integer id")
+        out[col] = value.round().astype("Int64")
+
+    zip_num = numbers["zip_code"]
+    reject(zip_num.notna() & ((zip_num < 0) | (zip_num > 99_999) | (zip_num % 1 != 0)),
+           lambda m: "zip_code '" + text["zip_code"][m] + "' is not a 5-digit code")
+    valid_zip = zip_num.between(0, 99_999) & (zip_num % 1 == 0)
+    out["zip_code"] = zip_num[valid_zip].astype("int64").astype(str).str.zfill(5).reindex(raw.index).astype(object)
+    out["zip_code"] = out["zip_code"].where(out["zip_code"].notna(), None)
+
+    out["city"] = text["city"]
+    dates = pd.to_datetime(text["prev_sold_date"], errors="coerce", format="ISO8601")
+    us_style = dates.isna() & text["prev_sold_date"].notna()
+    if us_style.any():
+        dates[us_style] = pd.to_datetime(text["prev_sold_date"][us_style], errors="coerce", format="%m/%d/%Y")
+    reject(text["prev_sold_date"].notna() & dates.isna(),
+           lambda m: "prev_sold_date '" + text["prev_sold_date"][m] + "' is not a date")
+    reject((dates < pd.Timestamp("1900-01-01")) | (dates > pd.Timestamp(today)),
+           lambda m: "prev_sold_date " + dates[m].dt.strftime("%Y-%m-%d") + f" outside 1900-01-01..{today}")
+    out["prev_sold_date"] = dates.dt.date.where(dates.notna(), None)
+
+    out["property_id"] = property_ids(out)
+    out["reason"] = reasons.astype("string")
+    return out[[*CLEAN_COLUMNS, "reason"]]
+
+
+def _text(column: pd.Series) -> pd.Series:
+    """A raw column as Arrow-backed strings, trimmed, with "" as missing (vectorised in Arrow)."""
+    text = column.astype("string[pyarrow]").str.strip()
+    return text.mask(text == "")
+
+
+def _number(text: pd.Series) -> pd.Series:
+    """Text to float64 (NaN where missing or not a number): Arrow's cast when the whole column parses,
+    pandas' coercing parser when some value does not."""
+    try:
+        values = pc.cast(pa.array(text.array), pa.float64())
+    except pa.ArrowInvalid:
+        return pd.to_numeric(text.astype(object), errors="coerce").astype("float64")
+    return pd.Series(values.to_numpy(zero_copy_only=False), index=text.index, dtype="float64")
+
+
+def clean_table(table: pa.Table, price_min: float, price_max: float, today: dt.date | None = None) -> pd.DataFrame:
+    """``clean_frame`` for an Arrow block (Ray Data's format), strings kept in Arrow."""
+    return clean_frame(table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
+                                                     pa.large_string(): pd.StringDtype("pyarrow")}.get),
+                       price_min, price_max, today)
+
+
+def property_ids(df: pd.DataFrame) -> pd.Series:
+    """A stable 63-bit id per property: street, zip, city and state identify it; without a street,
+    every property field does. Deterministic across processes and batches."""
+    ids = pd.util.hash_pandas_object(df[["street", "zip_code", "city", "state"]], index=False).to_numpy()
+    no_street = df["street"].isna().to_numpy()
+    if no_street.any():
+        described = df.loc[no_street, ["zip_code", "city", "state", "bed", "bath", "acre_lot", "house_size"]]
+        ids[no_street] = pd.util.hash_pandas_object(described, index=False).to_numpy()
+    return pd.Series((ids >> np.uint64(1)).astype("int64"), index=df.index)
+
+
+def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Reject rows that repeat an earlier (lower raw_id) clean row of the batch exactly, after typing
+    ("103378.0" and "103378" are the same broker)."""
+    df = df.sort_values("raw_id", kind="stable", ignore_index=True)
+    clean = df.index[df["reason"].isna()]
+    dup = df.loc[clean].duplicated(subset=list(COLUMNS), keep="first")
+    if dup.any():
+        keys = df.loc[clean, list(COLUMNS)].astype(object).where(df.loc[clean, list(COLUMNS)].notna(), None)
+        first = df.loc[clean, "raw_id"].groupby([keys[c] for c in COLUMNS], dropna=False, sort=False).transform("first")
+        df.loc[dup[dup].index, "reason"] = "exact duplicate of raw row " + first[dup].astype(str)
+    return df
+
+
+def split_key(property_id: pd.Series | np.ndarray, buckets: int = 100) -> np.ndarray:
+    """A bucket in [0, buckets) per property: splits by bucket never divide a property."""
+    return (np.asarray(property_id, dtype=np.int64) % buckets).astype(np.int64)

@@ -1,0 +1,102 @@
+"""Processing: raw batches -> clean listings and rejects, with Ray Data.
+
+Ray Data reads the batch from the raw database in parallel shards (``read_sql`` sharded on
+``hashint8(raw_id)``) and cleans each block in ``map_batches``; the driver marks exact duplicates
+(they may sit in different shards) and writes clean rows, rejects and the processed-batch ledger with
+COPY in one transaction, after checking clean + rejected = raw. Processing a batch twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import pandas as pd
+
+from tasador import db
+from tasador.cleaning import CLEAN_COLUMNS, clean_table, mark_duplicates
+from tasador.schema import COLUMNS
+from tasador.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RAW_BATCH_SQL = f"SELECT raw_id, batch_id, {', '.join(COLUMNS)} FROM listings WHERE batch_id = %s"
+
+
+class AccountingError(Exception):
+    """Clean + rejected rows do not add up to the raw rows of the batch."""
+
+
+def pending_batches(settings: Settings, group: int, day: str) -> list[dict]:
+    """Raw batches of (group, day) that are not processed yet, oldest first."""
+    with db.transaction(settings.raw_db) as cur:
+        cur.execute("SELECT batch_id, group_number, day, batch_number, rows FROM batches"
+                    " WHERE group_number = %s AND day = %s ORDER BY batch_number", (group, day))
+        ledger = [dict(zip(("batch_id", "group_number", "day", "batch_number", "rows"), r, strict=True))
+                  for r in cur.fetchall()]
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT batch_id FROM processed_batches WHERE batch_id = ANY(%s)",
+                    ([b["batch_id"] for b in ledger],))
+        done = {r[0] for r in cur.fetchall()}
+    return [b for b in ledger if b["batch_id"] not in done]
+
+
+def process_pending(settings: Settings, group: int, day: str) -> dict:
+    db.create_all_tables(settings)
+    results = [process_batch(settings, batch) for batch in pending_batches(settings, group, day)]
+    return {"job": "process", "status": "processed" if results else "nothing_to_process",
+            "group_number": group, "day": day, "batches": results}
+
+
+def clean_with_ray(settings: Settings, batch_id: int) -> pd.DataFrame:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)  # inside a Ray job: the job's cluster
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    raw_url = settings.raw_db
+    # two shards per CPU: a shard's database fetch and its cleaning then overlap with another's
+    shards = settings.process_read_shards or max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
+    ds = ray.data.read_sql(RAW_BATCH_SQL, lambda: db.connect(raw_url), sql_params=(batch_id,),
+                           shard_keys=["raw_id"], shard_hash_fn="hashint8", override_num_blocks=shards)
+    ds = ds.map_batches(clean_table, batch_format="pyarrow", batch_size=None,
+                        fn_kwargs={"price_min": settings.clean_price_min, "price_max": settings.clean_price_max,
+                                   "today": dt.date.today()})
+    frames = list(ds.iter_batches(batch_format="pandas", batch_size=None))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*CLEAN_COLUMNS, "reason"])
+
+
+def process_batch(settings: Settings, batch: dict) -> dict:
+    batch_id = batch["batch_id"]
+    started = time.perf_counter()
+    df = clean_with_ray(settings, batch_id)
+    cleaned = time.perf_counter()
+    df = mark_duplicates(df)
+    clean = df[df["reason"].isna()]
+    rejected = df[df["reason"].notna()]
+    if len(clean) + len(rejected) != batch["rows"] or df["raw_id"].nunique() != batch["rows"]:
+        raise AccountingError(f"batch {batch_id}: raw ledger says {batch['rows']} rows, read {len(df)} "
+                              f"({df['raw_id'].nunique()} distinct): clean {len(clean)} + rejected {len(rejected)}")
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (batch_id,))
+        # The raw batch stays the source of truth and the ledger row commits with the rows, so a crash
+        # just after commit can only lose the whole batch, which the next run processes again.
+        cur.execute("SET LOCAL synchronous_commit = off")
+        cur.execute("SELECT clean_rows, rejected_rows FROM processed_batches WHERE batch_id = %s", (batch_id,))
+        if cur.fetchone():
+            return {**batch, "status": "already_processed"}
+        db.copy_frame(cur, "listings", clean[list(CLEAN_COLUMNS)])
+        db.copy_frame(cur, "rejects", rejected[["raw_id", "batch_id", "reason"]])
+        cur.execute("INSERT INTO processed_batches (batch_id, group_number, day, batch_number, raw_rows,"
+                    " clean_rows, rejected_rows) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (batch_id, batch["group_number"], batch["day"], batch["batch_number"], batch["rows"],
+                     len(clean), len(rejected)))
+
+    written = time.perf_counter()
+    reasons = rejected["reason"].astype(str).str.split(" ").str[0].value_counts()  # by the field at fault
+    log.info("batch %s: %d clean, %d rejected", batch_id, len(clean), len(rejected))
+    return {**batch, "status": "processed", "raw_rows": batch["rows"], "clean_rows": len(clean),
+            "rejected_rows": len(rejected), "reject_reasons": reasons.head(10).to_dict(),
+            "seconds": {"read_and_clean": round(cleaned - started, 3), "total": round(written - started, 3)}}
+
