@@ -38,7 +38,7 @@ def main() -> None:
         assert batch_order(1, "bench")[0] == SOLD_KIND and result.status == "ingested"
 
         client.restart(2, "bench")
-        engine = sqlalchemy.create_engine(settings.raw_db.replace("postgresql://", "postgresql+psycopg2://"))
+        engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.raw_db))
         with timer() as t_pandas:
             body = requests.get(f"{settings.data_api}/data", params={"group_number": 2, "day": "bench"},
                                 timeout=300).json()

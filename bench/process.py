@@ -42,8 +42,8 @@ def main() -> None:
             ray.shutdown()  # before the stack goes down, or the driver aborts waiting for the GCS
         assert result["batches"][0]["clean_rows"] + result["batches"][0]["rejected_rows"] == rows
 
-        engine = sqlalchemy.create_engine(settings.raw_db.replace("postgresql://", "postgresql+psycopg2://"))
-        clean_engine = sqlalchemy.create_engine(settings.clean_db.replace("postgresql://", "postgresql+psycopg2://"))
+        engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.raw_db))
+        clean_engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.clean_db))
         with timer() as t_pandas:
             raw = pd.read_sql(sqlalchemy.text(processing.RAW_BATCH_SQL.replace("%s", ":b")), engine,
                               params={"b": batch_id})

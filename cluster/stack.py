@@ -8,14 +8,14 @@ import sys
 
 import requests
 
-from cluster import postgres, processes, ray_head
+from cluster import mlflow_server, postgres, processes, ray_head
 from tasador import db
 from tasador.ray_jobs import token_path
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ORDER = ("postgres", "ray_head", "data_api")  # start order; stopped in reverse
+ORDER = ("postgres", "mlflow", "ray_head", "data_api")  # start order; stopped in reverse
 
 
 def up(settings: Settings, scale: float | None = None) -> dict:
@@ -29,6 +29,11 @@ def up(settings: Settings, scale: float | None = None) -> dict:
         pid = postgres.start(settings)
         processes.record(state, "postgres", pid=pid, url=f"postgresql://{settings.pg_host}:{settings.pg_port}")
     db.create_all_tables(settings)
+
+    if not processes.alive(registry.get("mlflow", {}).get("pid")):
+        pid = mlflow_server.start(settings)
+        processes.record(state, "mlflow", pid=pid, url=settings.mlflow_uri,
+                         artifacts=settings.mlflow_artifacts_destination)
 
     if not processes.alive(registry.get("ray_head", {}).get("pid")):
         pid = ray_head.start(settings)
@@ -96,6 +101,7 @@ def isolated_settings(state_dir: str, **changes) -> Settings:
     """Settings for a private stack (tests, benchmarks): its own state dir and free loopback ports."""
     base = dict(state_dir=state_dir, pg_port=processes.free_port(), data_api_port=processes.free_port(),
                 ray_gcs_port=processes.free_block(210), ray_dashboard_port=processes.free_port(),
-                ray_client_port=processes.free_port(), ray_metrics_port=processes.free_port())
+                ray_client_port=processes.free_port(), ray_metrics_port=processes.free_port(),
+                mlflow_port=processes.free_port())
     base.update(changes)
     return Settings.load().replace(**base)

@@ -73,8 +73,9 @@ def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
     price = numbers["price"]
     reject(price.isna() & text["price"].isna(), "price missing")
     reject(price == 0, "price is $0")
-    reject(price < price_min, lambda m: "price $" + price[m].map("{:,.0f}".format) + f" below the ${price_min:,.0f} bound")
-    reject(price > price_max, lambda m: "price $" + price[m].map("{:,.0f}".format) + f" above the ${price_max:,.0f} bound")
+    dollars = "${:,.0f}".format
+    reject(price < price_min, lambda m: "price " + price[m].map(dollars) + f" below the {dollars(price_min)} bound")
+    reject(price > price_max, lambda m: "price " + price[m].map(dollars) + f" above the {dollars(price_max)} bound")
     out["price"] = price.astype("float64")
 
     numbers["house_size"] = numbers["house_size"].replace(0.0, np.nan)

@@ -122,6 +122,11 @@ def transaction(url: str) -> Iterator[psycopg2.extensions.cursor]:
         conn.close()
 
 
+def sqlalchemy_url(url: str) -> str:
+    """The URL for SQLAlchemy (MLflow, pandas): psycopg2 named, as SQLAlchemy 2.1 defaults to psycopg 3."""
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
 def create_tables(url: str, database: str) -> None:
     """Create the tables of ``database`` ("raw", "clean") if missing. Idempotent."""
     with transaction(url) as cur:

@@ -48,6 +48,15 @@ class Settings:
     drift_share_threshold: float = 0.1  # total-variation distance of a categorical's shares
     drift_new_category_share: float = 0.05  # rows of categories unseen in the reference
     retrain_min_rows: int = 10_000  # a drifted batch smaller than this does not trigger a retrain
+    # MLflow: the tracking server (PostgreSQL backend, artifacts proxied to a dir or to S3/MinIO)
+    mlflow_host: str = "127.0.0.1"
+    mlflow_port: int = 5000
+    mlflow_url: str = ""  # empty: the local server
+    mlflow_workers: int = 2
+    mlflow_artifacts: str = ""  # empty: <state>/mlflow-artifacts; or s3://bucket[/prefix]
+    mlflow_s3_endpoint_url: str = ""  # an S3-compatible endpoint (MinIO); credentials: AWS_* variables
+    mlflow_experiment: str = "tasador"
+    model_name: str = "tasador-price"
     # Ray head of the local stack
     ray_gcs_port: int = 6390
     ray_dashboard_port: int = 8265
@@ -75,6 +84,14 @@ class Settings:
     @property
     def data_api(self) -> str:
         return (self.data_api_url or f"http://{self.data_api_host}:{self.data_api_port}").rstrip("/")
+
+    @property
+    def mlflow_uri(self) -> str:
+        return (self.mlflow_url or f"http://{self.mlflow_host}:{self.mlflow_port}").rstrip("/")
+
+    @property
+    def mlflow_artifacts_destination(self) -> str:
+        return self.mlflow_artifacts or str(self.state_path / "mlflow-artifacts")
 
     @property
     def ray_dashboard(self) -> str:

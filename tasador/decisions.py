@@ -1,0 +1,104 @@
+"""The retrain decision for each new clean batch, written down with its reason.
+
+Retrain when there is no production model, or when the batch has at least ``retrain_min_rows`` rows
+and drift is found against the data behind the production model. One record per batch (re-deciding
+a batch returns the record already written).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from psycopg2.extras import Json
+
+from tasador import db, drift
+from tasador.registry import Production
+from tasador.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def undecided_batches(settings: Settings, group: int, day: str) -> list[dict]:
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT p.batch_id, p.batch_number, p.clean_rows FROM processed_batches p"
+                    " LEFT JOIN decisions d USING (batch_id)"
+                    " WHERE p.group_number = %s AND p.day = %s AND d.batch_id IS NULL ORDER BY p.batch_number",
+                    (group, day))
+        return [{"batch_id": r[0], "batch_number": r[1], "clean_rows": r[2]} for r in cur.fetchall()]
+
+
+def decide(settings: Settings, batch_id: int, production: Production | None) -> dict:
+    """Compare the batch with the production model's data, decide, record, return the record."""
+    existing = get(settings, batch_id)
+    if existing:
+        return {**existing, "status": "already_decided"}
+    reference_ids = [b for b in (production.batch_ids if production else []) if b != batch_id]
+    if not reference_ids:  # no model yet: describe the batch against everything collected before it
+        with db.transaction(settings.clean_db) as cur:
+            cur.execute("SELECT batch_id FROM processed_batches WHERE batch_id < %s ORDER BY batch_id", (batch_id,))
+            reference_ids = [r[0] for r in cur.fetchall()]
+    batch = drift.load(settings, [batch_id])
+    report = drift.compare(batch, drift.load(settings, reference_ids), settings) if reference_ids else None
+    found = bool(report and report.drifted)
+    if production is None:
+        retrain, reason = True, "no production model yet: train the first one"
+    elif not found:
+        retrain, reason = False, f"no drift against production v{production.version}'s data: " + report.explain()
+    elif len(batch) < settings.retrain_min_rows:
+        retrain, reason = False, (f"drift found ({report.explain()}) but the batch has only {len(batch):,} rows "
+                                  f"(< {settings.retrain_min_rows:,}): not enough to retrain on")
+    else:
+        retrain, reason = True, f"drift against production v{production.version}'s data: {report.explain()}"
+    record = {"batch_id": batch_id, "batch_rows": len(batch), "reference_batches": reference_ids,
+              "drift": report.as_dict() if report else {}, "drift_found": found, "retrain": retrain,
+              "retrain_reason": reason, "production_version": production.version if production else None}
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("INSERT INTO decisions (batch_id, batch_rows, reference_batches, drift, drift_found, retrain,"
+                    " retrain_reason, production_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (batch_id) DO NOTHING",
+                    (batch_id, len(batch), reference_ids, Json(record["drift"]), found, retrain, reason,
+                     record["production_version"]))
+    log.info("batch %s: retrain=%s: %s", batch_id, retrain, reason)
+    return {**record, "status": "decided"}
+
+
+def decide_pending(settings: Settings, group: int, day: str) -> dict:
+    """Decide every processed batch of (group, day) that has no decision yet, oldest first."""
+    from tasador import registry
+
+    production = registry.production(settings)
+    results = [summary(decide(settings, b["batch_id"], production)) for b in undecided_batches(settings, group, day)]
+    return {"job": "decide", "status": "decided" if results else "nothing_to_decide", "group_number": group,
+            "day": day, "production_version": production.version if production else None,
+            "retrain": any(r["retrain"] for r in results), "decisions": results}
+
+
+def get(settings: Settings, batch_id: int) -> dict | None:
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT batch_id, batch_rows, reference_batches, drift, drift_found, retrain, retrain_reason,"
+                    " production_version, training, promoted, promotion_reason FROM decisions WHERE batch_id = %s",
+                    (batch_id,))
+        row = cur.fetchone()
+    if not row:
+        return None
+    keys = ("batch_id", "batch_rows", "reference_batches", "drift", "drift_found", "retrain", "retrain_reason",
+            "production_version", "training", "promoted", "promotion_reason")
+    return dict(zip(keys, row, strict=True))
+
+
+def record_outcome(settings: Settings, batch_id: int, training: dict | None, promoted: bool | None,
+                   promotion_reason: str | None) -> None:
+    """Write what training and promotion did for the batch onto its decision."""
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("UPDATE decisions SET training = COALESCE(%s, training), promoted = %s, promotion_reason = %s"
+                    " WHERE batch_id = %s",
+                    (Json(training) if training is not None else None, promoted, promotion_reason, batch_id))
+
+
+def summary(record: dict) -> dict:
+    """The decision without the per-feature details, for job summaries."""
+    out = {k: v for k, v in record.items() if k != "drift"}
+    features = (record.get("drift") or {}).get("features", [])
+    out["drifted_features"] = [f["feature"] for f in features if f["drifted"]]
+    return json.loads(json.dumps(out, default=str))

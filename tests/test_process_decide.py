@@ -1,0 +1,97 @@
+"""Processing (Ray Data job) and the retrain decision, on the real PostgreSQL and Ray cluster."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from data_api.plan import PLAN, batch_order
+from tasador import decisions, ray_jobs
+from tasador.registry import Production
+
+
+def run(settings, job, group, day="Monday"):
+    outcome = ray_jobs.run(settings, job, ["--group", str(group), "--day", day], timeout_s=600)
+    assert outcome.status == "SUCCEEDED", outcome.logs[-3000:]
+    return outcome.summary
+
+
+@pytest.fixture(scope="module")
+def six_batches(settings):
+    """Group 77/Monday: every batch ingested and processed, batch by batch as the pipeline does."""
+    group = 77
+    processed = []
+    for _ in PLAN:
+        run(settings, "jobs.ingest", group)
+        processed += run(settings, "jobs.process", group)["batches"]
+    return group, processed
+
+
+def clean_conn(settings):
+    conn = psycopg2.connect(settings.clean_db)
+    conn.autocommit = True
+    return conn
+
+
+def test_every_batch_accounts_clean_plus_rejected_equals_raw(settings, six_batches):
+    group, processed = six_batches
+    assert [b["status"] for b in processed] == ["processed"] * len(PLAN)
+    raw = psycopg2.connect(settings.raw_db)
+    with raw.cursor() as rc, clean_conn(settings).cursor() as cc:
+        for b in processed:
+            rc.execute("SELECT count(*) FROM listings WHERE batch_id = %s", (b["batch_id"],))
+            raw_rows = rc.fetchone()[0]
+            cc.execute("SELECT (SELECT count(*) FROM listings WHERE batch_id = %(b)s),"
+                       " (SELECT count(*) FROM rejects WHERE batch_id = %(b)s),"
+                       " (SELECT raw_rows FROM processed_batches WHERE batch_id = %(b)s)", {"b": b["batch_id"]})
+            clean, rejected, ledger = cc.fetchone()
+            assert clean + rejected == raw_rows == ledger == b["raw_rows"]
+            assert clean == b["clean_rows"] and rejected == b["rejected_rows"]
+    raw.close()
+
+
+def test_processing_again_is_a_no_op(settings, six_batches):
+    group, _ = six_batches
+    with clean_conn(settings).cursor() as cur:
+        cur.execute("SELECT count(*) FROM listings")
+        before = cur.fetchone()[0]
+        again = run(settings, "jobs.process", group)
+        cur.execute("SELECT count(*) FROM listings")
+        assert cur.fetchone()[0] == before
+    assert again["status"] == "nothing_to_process"
+
+
+def test_first_decision_without_a_model_is_to_train(settings, six_batches):
+    group, processed = six_batches
+    summary = run(settings, "jobs.decide", group)
+    first = summary["decisions"][0]
+    assert first["batch_id"] == processed[0]["batch_id"]
+    assert first["retrain"] is True and "no production model" in first["retrain_reason"]
+    assert summary["production_version"] is None
+
+
+def test_decisions_over_the_six_batches_make_sense(settings, six_batches):
+    """With a production model trained on the first batch (sold <= $300k), each later batch is
+    compared with that batch's clean rows."""
+    group, processed = six_batches
+    order = batch_order(group, "Monday")
+    production = Production("1", "run", [processed[0]["batch_id"]], {})
+    by_kind = {}
+    with clean_conn(settings).cursor() as cur:
+        cur.execute("DELETE FROM decisions WHERE batch_id = ANY(%s)", ([b["batch_id"] for b in processed[1:]],))
+    for kind, batch in zip(order[1:], processed[1:], strict=True):
+        by_kind[kind] = decisions.decide(settings, batch["batch_id"], production)
+    mid = by_kind[4]  # mixed $300k-$500k
+    assert mid["retrain"] and mid["drift_found"]
+    assert mid["retrain_reason"].startswith("drift against production v1")
+    assert "price median moved from" in mid["retrain_reason"]
+    price = next(f for f in mid["drift"]["features"] if f["feature"] == "price")
+    assert price["drifted"] and price["statistic"] > 0.5
+    small = by_kind[3]  # one state, 4,055 rows at full scale: below the minimum at any test scale
+    assert small["retrain"] is False and "not enough to retrain on" in small["retrain_reason"]
+    assert "state shares shifted" in small["retrain_reason"]
+    for kind in (0, 1):  # for_sale <= $300k: the same price band as the reference
+        price = next(f for f in by_kind[kind]["drift"]["features"] if f["feature"] == "price")
+        assert price["statistic"] < 0.2
+    again = decisions.decide(settings, processed[4]["batch_id"], production)
+    assert again["status"] == "already_decided"
