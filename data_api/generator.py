@@ -108,16 +108,18 @@ def price_of(rng: np.random.Generator, p: dict[str, np.ndarray], status: np.ndar
     location's level (location x size), a saturating lot-size premium, status and previous-sale
     effects, and log-normal noise with a rare heavy upper tail (luxury estates)."""
     log_loc = np.log(p["location"])
-    elasticity = 0.55 + 0.35 * np.tanh(1.5 * log_loc)
+    log_size = np.log(p["house_size"] / 1750)
+    elasticity = 0.45 + 0.45 * np.tanh(2.0 * log_loc)  # big houses are worth far more where land is dear
+    age = np.nan_to_num(years_since_sale, nan=30.0)
     log_price = (np.log(BASE_PRICE) + 1.1 * log_loc
-                 + elasticity * np.log(p["house_size"] / 1750)
-                 + 0.45 * (1 - np.exp(-p["acre_lot"] / 1.5))  # lot premium saturates
-                 + 0.04 * (p["bath"] - p["bed"] * 0.65)
+                 + elasticity * log_size + 0.25 * np.maximum(log_size, 0) ** 2  # mansions: convex
+                 + 0.6 * (1 - np.exp(-p["acre_lot"] / 1.2)) * (1 + 0.5 * (log_loc > 0))  # lot premium saturates
+                 - 0.25 * (p["bed"] > 2 * p["bath"] + 1)  # too few baths for the bedrooms
                  + np.where(status == "sold", -0.06, 0.0) + np.where(status == "ready_to_build", -0.35, 0.0)
-                 + np.where(np.isnan(years_since_sale), 0.0, 0.08 * np.exp(-years_since_sale / 6))
-                 + rng.normal(0, 0.22, size=len(status)))
-    tail = rng.random(len(status)) < 0.002
-    log_price[tail] += rng.exponential(1.6, size=tail.sum())
+                 + np.where(np.isnan(years_since_sale), 0.0, 0.15 * np.exp(-age / 4) - 0.1 * (age > 25))
+                 + rng.normal(0, 0.18, size=len(status)))
+    tail = rng.random(len(status)) < 0.0005  # a few listings far off any model (estates, errors)
+    log_price[tail] += rng.exponential(0.8, size=tail.sum())
     return np.round(np.exp(log_price), -2)
 
 

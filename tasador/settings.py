@@ -57,6 +57,13 @@ class Settings:
     mlflow_s3_endpoint_url: str = ""  # an S3-compatible endpoint (MinIO); credentials: AWS_* variables
     mlflow_experiment: str = "tasador"
     model_name: str = "tasador-price"
+    # training and promotion
+    test_share: float = 0.2  # held-out share, split by property
+    validation_share: float = 0.1  # for early stopping and choosing the best trial, split by property
+    tune_max_concurrent: int = 0  # 0: one trial per CPU
+    xgb_distributed: bool = False  # XGBoost through Ray Train's XGBoostTrainer (data larger than a node)
+    xgb_workers: int = 2
+    promotion_margin: float = 0.01  # a challenger must beat production's RMSE by this fraction
     # Ray head of the local stack
     ray_gcs_port: int = 6390
     ray_dashboard_port: int = 8265

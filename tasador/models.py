@@ -1,0 +1,82 @@
+"""The three model families, their search spaces, and how a trial fits one (iteratively where the
+family allows, so that ASHA can stop bad trials early: trees are added in steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import Ridge
+from sklearn.metrics import mean_absolute_error, mean_absolute_percentage_error, r2_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+FAMILIES = ("ridge", "random_forest", "xgboost")
+
+# Chosen for the budget (all rows, three families, 2 cores): a default random forest takes about two
+# minutes a fit on 230k rows here, so forests are capped in depth and grown on half-size bootstraps.
+SEARCH_SPACE: dict[str, list[dict]] = {
+    "ridge": [{"alpha": a} for a in (0.3, 3.0, 30.0)],
+    "random_forest": [{"n_estimators": 48, "max_depth": d, "min_samples_leaf": 4, "max_features": 0.5,
+                       "max_samples": 0.5} for d in (14, 22)],
+    "xgboost": [{"n_estimators": 600, "max_depth": d, "learning_rate": 0.08, "min_child_weight": 4,
+                 "subsample": 0.8, "colsample_bytree": 0.9} for d in (6, 10)],
+}
+STEPS = 6  # reports per tree model: the rungs ASHA can stop a trial at
+
+
+def trials() -> list[dict]:
+    return [{"family": family, **params} for family, grid in SEARCH_SPACE.items() for params in grid]
+
+
+def fit_steps(config: dict, X: np.ndarray, y: np.ndarray, threads: int):
+    """Fit the regressor of ``config``; yields (step, model) after each growth step."""
+    params = {k: v for k, v in config.items() if k != "family"}
+    family = config["family"]
+    if family == "ridge":
+        yield 1, make_pipeline(StandardScaler(), Ridge(alpha=params["alpha"])).fit(X, y)
+    elif family == "random_forest":
+        total = params.pop("n_estimators")
+        model = RandomForestRegressor(n_estimators=0, warm_start=True, n_jobs=threads, random_state=0, **params)
+        for step in range(1, STEPS + 1):
+            model.set_params(n_estimators=round(total * step / STEPS))
+            yield step, model.fit(X, y)
+    elif family == "xgboost":
+        import xgboost as xgb
+
+        total = params.pop("n_estimators")
+        booster = None
+        dtrain = xgb.DMatrix(X, label=y, nthread=threads)
+        xgb_params = {"objective": "reg:squarederror", "tree_method": "hist", "nthread": threads, "seed": 0,
+                      "eta": params["learning_rate"], "max_depth": params["max_depth"],
+                      "min_child_weight": params["min_child_weight"], "subsample": params["subsample"],
+                      "colsample_bytree": params["colsample_bytree"]}
+        for step in range(1, STEPS + 1):
+            booster = xgb.train(xgb_params, dtrain, num_boost_round=total // STEPS, xgb_model=booster)
+            yield step, BoosterRegressor(booster)
+    else:
+        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+
+
+class BoosterRegressor:
+    """A trained XGBoost booster with the ``predict`` of a regressor (and TreeSHAP contributions)."""
+
+    def __init__(self, booster):
+        self.booster = booster
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        import xgboost as xgb
+
+        return self.booster.predict(xgb.DMatrix(X))
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        import xgboost as xgb
+
+        return self.booster.predict(xgb.DMatrix(X), pred_contribs=True)
+
+
+def price_metrics(y_log: np.ndarray, pred_log: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE, R2 and MAPE on the price scale (dollars), plus RMSE of log price."""
+    price, pred = np.exp(y_log), np.exp(pred_log)
+    return {"rmse": float(np.sqrt(np.mean((price - pred) ** 2))), "mae": float(mean_absolute_error(price, pred)),
+            "r2": float(r2_score(price, pred)), "mape": float(mean_absolute_percentage_error(price, pred)),
+            "rmse_log": float(np.sqrt(np.mean((y_log - pred_log) ** 2)))}

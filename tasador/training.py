@@ -1,0 +1,218 @@
+"""Training: Ray Tune runs the three families' search spaces side by side on ALL clean rows.
+
+The driver loads every clean row (COPY), splits by property (test / validation / train never share a
+property), fits the feature pipeline once on the training rows and puts the three matrices in the
+object store once (``tune.with_parameters``). Each trial fits one regressor, reports validation RMSE
+after each growth step (ASHA stops the bad ones), logs an MLflow run under one parent run, and
+checkpoints its fitted regressor. The best trial by validation RMSE becomes a new registered model
+version: the whole pipeline (features + regressor), with its test metrics and lineage as tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tasador import db
+from tasador.cleaning import split_key
+from tasador.features import ListingFeatures, PriceModel
+from tasador.models import STEPS, fit_steps, price_metrics, trials
+from tasador.registry import mlflow_client
+from tasador.schema import FEATURES
+from tasador.settings import Settings
+
+log = logging.getLogger(__name__)
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Dataset:
+    frame: pd.DataFrame  # every clean row of the batches
+    batch_ids: list[int]
+    train: np.ndarray  # boolean masks over frame
+    validation: np.ndarray
+    test: np.ndarray
+
+    @property
+    def data_hash(self) -> str:
+        ids = np.sort(self.frame["raw_id"].to_numpy(dtype=np.int64))
+        return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+
+
+def load_dataset(settings: Settings, batch_ids: list[int] | None = None) -> Dataset:
+    """Every clean row of ``batch_ids`` (default: every processed batch), split by property."""
+    with db.transaction(settings.clean_db) as cur:
+        if batch_ids is None:
+            cur.execute("SELECT batch_id FROM processed_batches ORDER BY batch_id")
+            batch_ids = [r[0] for r in cur.fetchall()]
+        ids = ",".join(str(int(b)) for b in batch_ids) or "NULL"  # integers only
+        text = db.copy_out_csv(cur, f"SELECT raw_id, property_id, {', '.join(FEATURES)}, price FROM listings"
+                                    f" WHERE batch_id IN ({ids}) ORDER BY raw_id")
+    frame = pd.read_csv(io.StringIO(text), dtype={"zip_code": "string", "city": "string"})
+    bucket = split_key(frame["property_id"])
+    test_cut = round(settings.test_share * 100)
+    val_cut = test_cut + round(settings.validation_share * 100)
+    return Dataset(frame, list(batch_ids), bucket >= val_cut, (bucket >= test_cut) & (bucket < val_cut),
+                   bucket < test_cut)
+
+
+def prepare(ds: Dataset) -> tuple[ListingFeatures, dict[str, np.ndarray]]:
+    """Fit the features on the training rows; the matrices every trial shares."""
+    X = ds.frame[list(FEATURES)]
+    y = np.log(ds.frame["price"].to_numpy(dtype=float))
+    features = ListingFeatures()
+    arrays = {"X_train": features.fit_transform(X[ds.train], y[ds.train]).astype(np.float32), "y_train": y[ds.train]}
+    for split, mask in (("validation", ds.validation), ("test", ds.test)):
+        arrays[f"X_{split}"] = features.transform(X[mask]).astype(np.float32)
+        arrays[f"y_{split}"] = y[mask]
+    return features, arrays
+
+
+def list_steps(config: dict) -> int:
+    return 1 if config["family"] == "ridge" else STEPS
+
+
+def run_trial(config: dict, arrays: dict) -> None:
+    """One Tune trial: fit, report validation RMSE per step, log the MLflow run, checkpoint the model."""
+    import mlflow
+    from ray import tune
+
+    spec = dict(config["spec"])
+    threads = int(spec.pop("threads", 1))
+    parent, experiment_id = spec.pop("parent_run_id"), spec.pop("experiment_id")
+    mlflow.set_tracking_uri(spec.pop("tracking_uri"))
+    config = spec
+    started = time.perf_counter()
+    run_name = f"{config['family']}-{tune.get_context().get_trial_id()}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                          tags={"mlflow.parentRunId": parent, "family": config["family"]}) as run:
+        mlflow.log_params(config)
+        steps = list_steps(config)
+        for step, model in fit_steps(dict(config), arrays["X_train"], arrays["y_train"], threads):
+            val = price_metrics(arrays["y_validation"], model.predict(arrays["X_validation"]))
+            mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=step)
+            metrics = {"val_rmse_log": val["rmse_log"], "val_rmse": val["rmse"], "step": step,
+                       "fit_seconds": time.perf_counter() - started, "mlflow_run_id": run.info.run_id}
+            if step < steps:  # ASHA may stop the trial here; only a finished trial keeps its model
+                tune.report(metrics)
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(os.path.join(tmp, "regressor.pkl"), "wb") as f:
+                    pickle.dump(model, f)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        test = price_metrics(arrays["y_test"], model.predict(arrays["X_test"]))
+        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+
+
+def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experiment_id: str, name: str):
+    """Run every trial of the search space with Ray Tune (ASHA early stopping); return the ResultGrid."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    configs = [{**c, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
+                "tracking_uri": settings.mlflow_uri} for c in trials()]
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_trial, arrays=arrays), {"cpu": 1}),
+        param_space={"spec": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(metric="val_rmse_log", mode="min",
+                                    scheduler=ASHAScheduler(max_t=STEPS, grace_period=STEPS // 2, reduction_factor=2),
+                                    max_concurrent_trials=settings.tune_max_concurrent or cpus),
+        run_config=tune.RunConfig(name=name, storage_path=str(settings.state_path / "ray_results"),
+                                  verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    return tuner.fit()
+
+
+def train(settings: Settings, trigger: dict) -> dict:
+    """Train on every clean row collected so far and register the best model as a new version.
+    ``trigger`` is the decision that asked for it (batch_id, retrain_reason)."""
+    import mlflow
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    started = time.perf_counter()
+    ds = load_dataset(settings)
+    features, arrays = prepare(ds)
+    client = mlflow_client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.mlflow_experiment)
+    lineage = {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame)),
+               "train_rows": str(int(ds.train.sum())),
+               "validation_rows": str(int(ds.validation.sum())), "test_rows": str(int(ds.test.sum())),
+               "data_hash": ds.data_hash, "trigger_batch_id": str(trigger["batch_id"]),
+               "trigger_reason": trigger["retrain_reason"][:5000]}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"training-batch-{trigger['batch_id']}",
+                          tags=lineage) as parent:
+        results = tune_families(settings, arrays, parent.info.run_id, experiment_id,
+                                name=f"train-{trigger['batch_id']}-{int(time.time())}")
+        finished = [r for r in results if r.error is None and r.checkpoint is not None]
+        if not finished:
+            raise RuntimeError(f"every trial failed: {[str(r.error)[:200] for r in results]}")
+        per_family = {}
+        for r in finished:
+            family = r.config["spec"]["family"]
+            if family not in per_family or r.metrics["val_rmse_log"] < per_family[family].metrics["val_rmse_log"]:
+                per_family[family] = r
+        best = min(per_family.values(), key=lambda r: r.metrics["val_rmse_log"])
+        with best.checkpoint.as_directory() as path, open(os.path.join(path, "regressor.pkl"), "rb") as f:
+            regressor = pickle.load(f)
+        family = best.config["spec"]["family"]
+        model = PriceModel(features, regressor, family)
+        test_frame = ds.frame[ds.test]
+        test = price_metrics(np.log(test_frame["price"].to_numpy(dtype=float)),
+                             model.predict_log(test_frame[list(FEATURES)]))
+        mlflow.log_metrics({f"best_{family}_{k}": v for k, v in test.items()})
+        family_summary = {}  # every family's best trial, finished or stopped early by ASHA
+        for r in sorted((r for r in results if r.error is None and r.metrics), key=lambda r: r.metrics["val_rmse_log"]):
+            family_summary.setdefault(r.config["spec"]["family"], {
+                "val_rmse": r.metrics["val_rmse"], "val_rmse_log": r.metrics["val_rmse_log"],
+                "steps": r.metrics["step"], "finished": r.checkpoint is not None,
+                "mlflow_run_id": r.metrics["mlflow_run_id"]})
+        mlflow.log_dict(family_summary, "families.json")
+    internal = ("parent_run_id", "experiment_id", "tracking_uri")
+    params = {k: v for k, v in best.config["spec"].items() if k not in internal}
+    version = register(settings, model, best.metrics["mlflow_run_id"], ds, test, params, lineage)
+    return {"version": version, "family": family, "test_metrics": test, "families": family_summary,
+            "rows": len(ds.frame), "batch_ids": ds.batch_ids, "parent_run_id": parent.info.run_id,
+            "trials": len(results), "trials_stopped_early": len(results) - len(finished),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, test: dict, params: dict,
+             lineage: dict) -> str:
+    """Log the whole pipeline under the best trial's run and register it as a new version, tagged."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from tasador import explain
+
+    example = ds.frame[ds.test][list(FEATURES)].head(5)
+    sample = ds.frame[ds.test][list(FEATURES)].head(2000)
+    importance = explain.global_importance(model, sample)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=settings.model_name, input_example=example,
+            signature=infer_signature(example, model.predict(example)),
+            code_paths=[str(PACKAGE_DIR)], serialization_format="cloudpickle")
+        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+        mlflow.log_dict(importance, "shap_importance.json")
+    version = str(info.registered_model_version)
+    client = mlflow_client(settings)
+    tags = {**lineage, "family": model.family, "params": json.dumps(params), "metrics": json.dumps(test),
+            **{f"metric_{k}": f"{v:.6g}" for k, v in test.items()}, "shap_importance": json.dumps(importance)}
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+    return version
