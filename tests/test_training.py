@@ -1,0 +1,181 @@
+"""Training, registry and promotion against the real MLflow server (PostgreSQL backend) and the real
+Ray cluster of the session stack; S3 artifacts through moto's S3-compatible server (MinIO cannot be
+installed here: moto's server mode is a real HTTP S3 endpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psycopg2
+import pytest
+import requests
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cluster import mlflow_server, processes
+from tasador import ray_jobs, registry, training
+from tasador.features import PriceModel
+from tasador.promotion import load_model, promote
+from tasador.schema import FEATURES
+
+GROUP = 88
+
+
+def run(settings, job, *extra):
+    outcome = ray_jobs.run(settings, job, ["--group", str(GROUP), "--day", "Monday", *extra], timeout_s=900)
+    assert outcome.status == "SUCCEEDED", outcome.logs[-4000:]
+    return outcome.summary
+
+
+@pytest.fixture(scope="module")
+def trained(settings):
+    """One full cycle on the group's first batch: ingest, process, decide, train, promote."""
+    for job in ("jobs.ingest", "jobs.process", "jobs.decide"):
+        run(settings, job)
+    return run(settings, "jobs.train"), run(settings, "jobs.promote")
+
+
+def test_first_training_is_registered_and_promoted(settings, trained):
+    train, promoted = trained
+    assert train["status"] == "trained" and set(train["families"]) == {"ridge", "random_forest", "xgboost"}
+    assert train["trials"] == 7
+    prod = registry.production(settings)
+    assert prod is not None and prod.version == train["version"] == promoted["version"]
+    assert promoted["status"] == "promoted" and "no production model" in promoted["reason"]
+    tags = prod.tags
+    assert json.loads(tags["batch_ids"]) == train["batch_ids"]
+    assert tags["family"] == train["family"] and tags["promotion"] == "promoted"
+    assert int(tags["rows"]) == train["rows"] and len(tags["data_hash"]) == 16
+    assert "no production model" in tags["trigger_reason"]
+    assert set(json.loads(tags["metrics"])) >= {"rmse", "mae", "r2", "mape"}
+    assert set(json.loads(tags["shap_importance"])) == set(FEATURES)
+
+
+def test_every_trial_is_an_mlflow_run_under_one_parent(settings, trained):
+    train, _ = trained
+    client = registry.mlflow_client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{train['parent_run_id']}'")
+    assert len(children) == train["trials"]
+    assert {r.data.tags["family"] for r in children} == {"ridge", "random_forest", "xgboost"}
+    assert all("val_rmse" in r.data.metrics for r in children)
+
+
+def test_held_out_rows_never_share_a_property_with_training(settings, trained):
+    ds = training.load_dataset(settings)
+    train_props = set(ds.frame.loc[ds.train, "property_id"])
+    assert train_props.isdisjoint(ds.frame.loc[ds.test, "property_id"])
+    assert train_props.isdisjoint(ds.frame.loc[ds.validation, "property_id"])
+    assert ds.train.sum() + ds.validation.sum() + ds.test.sum() == len(ds.frame)
+
+
+def test_registered_model_takes_the_raw_features_and_matches_its_metrics(settings, trained):
+    train, _ = trained
+    model = load_model(settings, train["version"])
+    ds = training.load_dataset(settings)
+    raw = ds.frame[ds.test][list(FEATURES)].astype(object).head(50)
+    raw["zip_code"] = raw["zip_code"].astype(str).str.lstrip("0")  # as a raw API sends it
+    prices = model.predict(raw)
+    assert np.all(np.isfinite(prices)) and np.all(prices > 1_000)
+    same = model.predict(ds.frame[ds.test][list(FEATURES)].head(50))
+    assert np.allclose(prices, same)
+
+
+def test_a_worse_challenger_is_rejected_with_its_reason(settings, trained):
+    train, _ = trained
+    ds = training.load_dataset(settings)
+    features, arrays = training.prepare(ds)
+    flat = make_pipeline(StandardScaler(), Ridge(alpha=1e9)).fit(arrays["X_train"], arrays["y_train"])
+    worse = PriceModel(features, flat, "ridge")  # regularised to a near-constant price
+    import mlflow
+
+    client = registry.mlflow_client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="constant-model") as run_:
+        pass
+    version = training.register(settings, worse, run_.info.run_id, ds, {"rmse": 0.0}, {"alpha": 1e9},
+                                {"batch_ids": "[]", "trigger_reason": "test: a worse model"})
+    outcome = promote(settings, version)
+    assert outcome["status"] == "rejected"
+    assert f"does not beat production v{train['version']}" in outcome["reason"]
+    assert registry.production(settings).version == train["version"]
+    tags = client.get_model_version(settings.model_name, version).tags
+    assert tags["promotion"] == "rejected" and "does not beat" in tags["promotion_reason"]
+
+
+def test_the_decision_records_training_and_promotion(settings, trained):
+    train, promoted = trained
+    conn = psycopg2.connect(settings.clean_db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT retrain, training->>'version', promoted, promotion_reason FROM decisions"
+                    " WHERE batch_id = %s", (promoted["batch_id"],))
+        retrain, version, was_promoted, reason = cur.fetchone()
+    conn.close()
+    assert retrain and version == train["version"] and was_promoted and reason == promoted["reason"]
+
+
+def test_s3_artifacts_round_trip_through_an_s3_compatible_server(settings, trained, tmp_path):
+    """An MLflow server with ``s3://`` artifacts on moto's S3 server: the bucket is created when
+    missing, a model is logged through the server and loads back with the same predictions."""
+    port = processes.free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    os.environ.update(env)
+    admin = psycopg2.connect(f"postgresql://postgres@{settings.pg_host}:{settings.pg_port}/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE mlflow_s3 OWNER "{settings.pg_user}"')
+    admin.close()
+    s3 = settings.replace(state_dir=str(tmp_path / "state"), mlflow_port=processes.free_port(),
+                          mlflow_artifacts="s3://tasador-models/artifacts",
+                          mlflow_s3_endpoint_url=f"http://127.0.0.1:{port}",
+                          mlflow_db_url=settings.mlflow_db.rsplit("/", 1)[0] + "/mlflow_s3")
+    pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"http://127.0.0.1:{port}", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        pid = mlflow_server.start(s3)
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = s3.mlflow_s3_endpoint_url
+        import boto3
+
+        assert "tasador-models" in [b["Name"] for b in boto3.client(
+            "s3", endpoint_url=s3.mlflow_s3_endpoint_url).list_buckets()["Buckets"]]
+        model = load_model(settings, trained[0]["version"])
+        ds = training.load_dataset(settings)
+        version = training.register(s3, model, _new_run(s3), ds, {"rmse": 1.0}, {}, {"batch_ids": "[]"})
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3.mlflow_s3_endpoint_url).list_objects_v2(
+            Bucket="tasador-models")["Contents"]]
+        assert any(k.endswith("model.pkl") for k in keys)
+        back = load_model(s3, version)
+        X = ds.frame[ds.test][list(FEATURES)].head(20)
+        assert np.allclose(back.predict(X), model.predict(X))
+    finally:
+        os.environ.pop("MLFLOW_S3_ENDPOINT_URL", None)
+        if pid:
+            processes.stop_pid(pid)
+        processes.stop_pid(moto.pid)
+        registry.mlflow_client(settings)  # point mlflow back at the session's server
+
+
+def _new_run(s) -> str:
+    import mlflow
+
+    client = registry.mlflow_client(s)
+    experiment = client.get_experiment_by_name(s.mlflow_experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(s.mlflow_experiment)
+    with mlflow.start_run(experiment_id=experiment_id) as run_:
+        return run_.info.run_id
