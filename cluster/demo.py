@@ -1,49 +1,73 @@
-"""``tasador demo``: bring up the stack, then run the pipeline over every batch the data API serves,
-each step as a Ray job, and print a summary table with the URLs."""
+"""``tasador demo``: bring up the stack, then the whole cycle for every batch the data API serves
+(each step a Ray job of its own: ingest, process, decide, train, promote), then a table per batch and
+the URLs of every component."""
 
 from __future__ import annotations
 
 import sys
+import textwrap
 
 from cluster import stack
 from tasador import ray_jobs
+from tasador.pipeline import cycle
 from tasador.settings import Settings
+
+
+class JobFailed(Exception):
+    pass
+
+
+def submit_step(settings: Settings, step: str, group: int, day: str) -> dict:
+    print(f"  -> ray job: jobs.{step} --group {group} --day {day}", flush=True)
+    outcome = ray_jobs.run(settings, f"jobs.{step}", ["--group", str(group), "--day", day])
+    if outcome.status != "SUCCEEDED":
+        sys.stderr.write(outcome.logs[-5000:])
+        raise JobFailed(f"jobs.{step} ({outcome.job_id}) {outcome.status}: {outcome.summary.get('error', '')}")
+    return outcome.summary
 
 
 def run(settings: Settings, scale: float | None = None) -> int:
     if scale is not None:
         settings = settings.replace(data_api_scale=scale)
     stack.up(settings)
-    group, day = str(settings.group), settings.day
     rows = []
-    while True:
-        outcome = ray_jobs.run(settings, "jobs.ingest", ["--group", group, "--day", day],
-                               echo=lambda text: sys.stderr.write(text))
-        summary = outcome.summary
-        if outcome.status != "SUCCEEDED":
-            print(f"ingest job {outcome.job_id} {outcome.status}: {summary.get('error', 'see its logs')}")
-            return 1
-        if summary.get("status") == "exhausted":
-            break
-        rows.append(summary)
+    try:
+        while True:
+            print(f"batch {len(rows) + 1}:", flush=True)
+            result = cycle(settings, settings.group, settings.day, step=submit_step)
+            if result["status"] == "exhausted":
+                break
+            rows.append(result["row"])
+    except JobFailed as exc:
+        print(f"\nThe pipeline stopped: {exc}")
+        print(table(rows))
+        return 1
     print(table(rows))
-    print(f"\nRaw rows ingested: {sum(r['rows'] for r in rows):,} in {len(rows)} batches")
+    print(f"\nRaw rows ingested: {sum(r['rows_in'] or 0 for r in rows):,} in {len(rows)} batches")
     print(urls(settings))
     return 0
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'batch':>5} {'batch_id':>8} {'rows':>9}  {'status':<15} sha256"
+    head = f"{'#':>2} {'rows in':>9} {'rejected':>8}  {'drift':<5} {'retrain':<7} {'version':>7} {'family':<13} " \
+           f"{'test RMSE':>11}  {'promoted':<8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['batch_number']:>5} {r['batch_id']:>8} {r['rows']:>9,}  {r['status']:<15} "
-                     f"{(r.get('payload_sha256') or '')[:12]}")
+        rmse = f"${r['rmse']:,.0f}" if r.get("rmse") else "-"
+        lines.append(f"{r['batch_number']:>2} {r['rows_in'] or 0:>9,} {r['rejected'] or 0:>8,}  "
+                     f"{'yes' if r['drift_found'] else 'no':<5} {'yes' if r['retrain'] else 'no':<7} "
+                     f"{r['version'] or '-':>7} {r['family'] or '-':<13} {rmse:>11}  "
+                     f"{'-' if r['promoted'] is None else ('yes' if r['promoted'] else 'no'):<8}")
+        lines.append(textwrap.indent(textwrap.fill(f"why retrain: {r['retrain_reason']}", 110), "     "))
+        if r.get("promotion_reason"):
+            lines.append(textwrap.indent(textwrap.fill(f"why promoted: {r['promotion_reason']}", 110), "     "))
     return "\n".join(lines)
 
 
 def urls(settings: Settings) -> str:
     return "\n".join([
         f"Ray dashboard: {settings.ray_dashboard}",
+        f"MLflow:        {settings.mlflow_uri}",
         f"Data API:      {settings.data_api}",
-        f"Raw database:  {settings.raw_db}",
+        f"PostgreSQL:    {settings.raw_db.rsplit('/', 1)[0]} (raw_data, clean_data, mlflow)",
     ])

@@ -64,3 +64,38 @@ def start(settings: Settings) -> int:
         processes.stop_pid(pid)
         raise
     return pid
+
+
+def worker_command(settings: Settings, index: int, num_cpus: int) -> list[str]:
+    """A worker node joining the head, on this machine: its own block of ports after the head's."""
+    p = settings.ray_gcs_port + 210 * (index + 1)
+    return [ray_bin(), "start", "--block", "--disable-usage-stats", "--address", f"127.0.0.1:{settings.ray_gcs_port}",
+            "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
+            "--node-manager-port", str(p + 1), "--object-manager-port", str(p + 2),
+            "--dashboard-agent-listen-port", str(p + 3), "--dashboard-agent-grpc-port", str(p + 4),
+            "--runtime-env-agent-port", str(p + 5), "--metrics-export-port", str(p + 6),
+            "--min-worker-port", str(p + 10), "--max-worker-port", str(p + 209)]
+
+
+def start_worker(settings: Settings, index: int, num_cpus: int, timeout_s: float = 120) -> int:
+    """Start worker node ``index`` and wait until the head counts it. Returns its PID."""
+    import time
+
+    import requests
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    pid = processes.spawn(worker_command(settings, index, num_cpus),
+                          settings.state_path / "logs" / f"ray-worker-{index}.log", env=env)
+    headers = {"Authorization": f"Bearer {token_path(settings).read_text().strip()}"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        nodes = requests.get(f"{settings.ray_dashboard}/nodes?view=summary", headers=headers, timeout=5).json()
+        alive = [n for n in nodes.get("data", {}).get("summary", []) if n.get("raylet", {}).get("state") == "ALIVE"]
+        if len(alive) >= index + 2:
+            return pid
+        if not processes.alive(pid):
+            break
+        time.sleep(1)
+    processes.stop_pid(pid)
+    raise TimeoutError(f"Ray worker node {index} did not join the head within {timeout_s:.0f}s")

@@ -114,7 +114,8 @@ def run_trial(config: dict, arrays: dict) -> None:
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
 
 
-def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experiment_id: str, name: str):
+def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experiment_id: str, name: str,
+                  skip: tuple[str, ...] = ()):
     """Run every trial of the search space with Ray Tune (ASHA early stopping); return the ResultGrid."""
     import ray
     from ray import tune
@@ -122,7 +123,7 @@ def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experime
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     configs = [{**c, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-                "tracking_uri": settings.mlflow_uri} for c in trials()]
+                "tracking_uri": settings.mlflow_uri} for c in trials() if c["family"] not in skip]
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_trial, arrays=arrays), {"cpu": 1}),
         param_space={"spec": tune.grid_search(configs)},
@@ -133,6 +134,52 @@ def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experime
                                   verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     return tuner.fit()
+
+
+@dataclass
+class Candidate:
+    """A fitted (or stopped) trial, from Tune or from a distributed XGBoost fit."""
+    family: str
+    params: dict
+    val_rmse: float
+    val_rmse_log: float
+    steps: int
+    mlflow_run_id: str
+    load: object = None  # () -> fitted regressor; None when ASHA stopped the trial
+
+    @property
+    def finished(self) -> bool:
+        return self.load is not None
+
+
+def _from_tune(result) -> Candidate:
+    internal = ("parent_run_id", "experiment_id", "tracking_uri")
+    spec = {k: v for k, v in result.config["spec"].items() if k not in internal}
+
+    def load():
+        with result.checkpoint.as_directory() as path, open(os.path.join(path, "regressor.pkl"), "rb") as f:
+            return pickle.load(f)
+
+    return Candidate(spec.pop("family"), spec, result.metrics["val_rmse"], result.metrics["val_rmse_log"],
+                     result.metrics["step"], result.metrics["mlflow_run_id"], load if result.checkpoint else None)
+
+
+def _distributed_xgboost(settings: Settings, arrays: dict, parent: str, experiment_id: str, name: str) -> list:
+    import mlflow
+
+    from tasador import distributed_xgb
+
+    found = []
+    for i, config in enumerate(c for c in trials() if c["family"] == "xgboost"):
+        params = {k: v for k, v in config.items() if k != "family"}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"xgboost-distributed-{i}",
+                              tags={"mlflow.parentRunId": parent, "family": "xgboost", "distributed": "true"}) as run:
+            mlflow.log_params({**params, "workers": settings.xgb_workers})
+            model, val = distributed_xgb.fit(settings, params, arrays, f"{name}-xgb-{i}")
+            mlflow.log_metrics({f"val_{k}": v for k, v in val.items()})
+        found.append(Candidate("xgboost", params, val["rmse"], val["rmse_log"], STEPS, run.info.run_id,
+                               lambda model=model: model))
+    return found
 
 
 def train(settings: Settings, trigger: dict) -> dict:
@@ -154,41 +201,36 @@ def train(settings: Settings, trigger: dict) -> dict:
                "validation_rows": str(int(ds.validation.sum())), "test_rows": str(int(ds.test.sum())),
                "data_hash": ds.data_hash, "trigger_batch_id": str(trigger["batch_id"]),
                "trigger_reason": trigger["retrain_reason"][:5000]}
+    name = f"train-{trigger['batch_id']}-{int(time.time())}"
+    skip = ("xgboost",) if settings.xgb_distributed else ()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"training-batch-{trigger['batch_id']}",
                           tags=lineage) as parent:
-        results = tune_families(settings, arrays, parent.info.run_id, experiment_id,
-                                name=f"train-{trigger['batch_id']}-{int(time.time())}")
-        finished = [r for r in results if r.error is None and r.checkpoint is not None]
+        results = tune_families(settings, arrays, parent.info.run_id, experiment_id, name, skip=skip)
+        failed = [str(r.error)[:300] for r in results if r.error is not None]
+        candidates = [_from_tune(r) for r in results if r.error is None and r.metrics]
+        if settings.xgb_distributed:
+            candidates += _distributed_xgboost(settings, arrays, parent.info.run_id, experiment_id, name)
+        finished = [c for c in candidates if c.finished]
         if not finished:
-            raise RuntimeError(f"every trial failed: {[str(r.error)[:200] for r in results]}")
-        per_family = {}
-        for r in finished:
-            family = r.config["spec"]["family"]
-            if family not in per_family or r.metrics["val_rmse_log"] < per_family[family].metrics["val_rmse_log"]:
-                per_family[family] = r
-        best = min(per_family.values(), key=lambda r: r.metrics["val_rmse_log"])
-        with best.checkpoint.as_directory() as path, open(os.path.join(path, "regressor.pkl"), "rb") as f:
-            regressor = pickle.load(f)
-        family = best.config["spec"]["family"]
-        model = PriceModel(features, regressor, family)
+            raise RuntimeError(f"no trial finished; errors: {failed}")
+        best = min(finished, key=lambda c: c.val_rmse_log)
+        family_summary = {}  # every family's best trial, finished or stopped early by ASHA
+        for c in sorted(candidates, key=lambda c: c.val_rmse_log):
+            family_summary.setdefault(c.family, {"val_rmse": c.val_rmse, "val_rmse_log": c.val_rmse_log,
+                                                 "steps": c.steps, "finished": c.finished,
+                                                 "mlflow_run_id": c.mlflow_run_id})
+        model = PriceModel(features, best.load(), best.family)
         test_frame = ds.frame[ds.test]
         test = price_metrics(np.log(test_frame["price"].to_numpy(dtype=float)),
                              model.predict_log(test_frame[list(FEATURES)]))
-        mlflow.log_metrics({f"best_{family}_{k}": v for k, v in test.items()})
-        family_summary = {}  # every family's best trial, finished or stopped early by ASHA
-        for r in sorted((r for r in results if r.error is None and r.metrics), key=lambda r: r.metrics["val_rmse_log"]):
-            family_summary.setdefault(r.config["spec"]["family"], {
-                "val_rmse": r.metrics["val_rmse"], "val_rmse_log": r.metrics["val_rmse_log"],
-                "steps": r.metrics["step"], "finished": r.checkpoint is not None,
-                "mlflow_run_id": r.metrics["mlflow_run_id"]})
+        mlflow.log_metrics({f"best_{best.family}_{k}": v for k, v in test.items()})
         mlflow.log_dict(family_summary, "families.json")
-    internal = ("parent_run_id", "experiment_id", "tracking_uri")
-    params = {k: v for k, v in best.config["spec"].items() if k not in internal}
-    version = register(settings, model, best.metrics["mlflow_run_id"], ds, test, params, lineage)
-    return {"version": version, "family": family, "test_metrics": test, "families": family_summary,
+    version = register(settings, model, best.mlflow_run_id, ds, test, best.params, lineage)
+    return {"version": version, "family": best.family, "test_metrics": test, "families": family_summary,
             "rows": len(ds.frame), "batch_ids": ds.batch_ids, "parent_run_id": parent.info.run_id,
-            "trials": len(results), "trials_stopped_early": len(results) - len(finished),
-            "seconds": round(time.perf_counter() - started, 1)}
+            "trials": len(candidates) + len(failed), "trials_failed": failed,
+            "trials_stopped_early": sum(1 for c in candidates if not c.finished),
+            "xgboost_distributed": settings.xgb_distributed, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, test: dict, params: dict,

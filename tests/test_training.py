@@ -44,7 +44,7 @@ def trained(settings):
 def test_first_training_is_registered_and_promoted(settings, trained):
     train, promoted = trained
     assert train["status"] == "trained" and set(train["families"]) == {"ridge", "random_forest", "xgboost"}
-    assert train["trials"] == 7
+    assert train["trials"] == 7 and not train["trials_failed"]
     prod = registry.production(settings)
     assert prod is not None and prod.version == train["version"] == promoted["version"]
     assert promoted["status"] == "promoted" and "no production model" in promoted["reason"]

@@ -1,0 +1,55 @@
+"""XGBoost trained data-parallel across the Ray cluster with Ray Train's ``XGBoostTrainer`` (for data
+larger than one node), selected by ``TASADOR_XGB_DISTRIBUTED=true``.
+
+The training matrix goes into Ray Data (object store) and is split across ``xgb_workers`` workers;
+Ray Train sets up XGBoost's collective (rabit) so the workers build each tree together. (xgboost-ray
+0.1.19 fails on xgboost >= 2.1 and its Tune glue needs ray <= 2.9, hence Ray Train.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasador.models import BoosterRegressor, price_metrics
+from tasador.settings import Settings
+
+
+def _frame(X: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])]).assign(y=y)
+
+
+def _worker(config: dict) -> None:
+    import ray.train
+    import xgboost as xgb
+    from ray.train.xgboost import RayTrainReportCallback
+
+    train = ray.train.get_dataset_shard("train").materialize().to_pandas()
+    val = ray.train.get_dataset_shard("validation").materialize().to_pandas()
+    dtrain = xgb.DMatrix(train.drop(columns="y"), label=train["y"])
+    dval = xgb.DMatrix(val.drop(columns="y"), label=val["y"])
+    xgb.train(config["params"], dtrain, num_boost_round=config["rounds"], evals=[(dval, "validation")],
+              callbacks=[RayTrainReportCallback(frequency=0)])  # one checkpoint, at the end
+
+
+def fit(settings: Settings, config: dict, arrays: dict, name: str) -> tuple[BoosterRegressor, dict]:
+    """Fit one XGBoost config of the search space with ``xgb_workers`` Ray Train workers."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
+
+    params = {"objective": "reg:squarederror", "tree_method": "hist", "nthread": 1, "seed": 0,
+              "eta": config["learning_rate"], "max_depth": config["max_depth"],
+              "min_child_weight": config["min_child_weight"], "subsample": config["subsample"],
+              "colsample_bytree": config["colsample_bytree"], "eval_metric": "rmse"}
+    trainer = XGBoostTrainer(
+        _worker, train_loop_config={"params": params, "rounds": config["n_estimators"]},
+        scaling_config=ScalingConfig(num_workers=settings.xgb_workers, resources_per_worker={"CPU": 1}),
+        datasets={"train": ray.data.from_pandas(_frame(arrays["X_train"], arrays["y_train"])),
+                  "validation": ray.data.from_pandas(_frame(arrays["X_validation"], arrays["y_validation"]))},
+        run_config=RunConfig(name=name, storage_path=str(settings.state_path / "ray_results")),
+    )
+    result = trainer.fit()
+    model = BoosterRegressor(RayTrainReportCallback.get_model(result.checkpoint))
+    return model, price_metrics(arrays["y_validation"], model.predict(_frame(arrays["X_validation"], 0).drop(
+        columns="y").to_numpy()))

@@ -1,0 +1,57 @@
+"""The whole cycle for one batch: ingest -> process -> decide -> (train -> promote | skip).
+
+``cycle`` runs each step through a ``step`` callable: in-process (``jobs.pipeline``, one Ray job) or
+as a Ray job of its own per step (``tasador demo``, Airflow). Each step's JSON summary is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tasador.settings import Settings
+
+STEPS = ("ingest", "process", "decide", "train", "promote")
+
+
+def run_in_process(settings: Settings, step: str, group: int, day: str) -> dict:
+    from tasador import decisions, ingest, pipeline_steps, processing
+
+    if step == "ingest":
+        return ingest.ingest_next(settings, group, day).as_dict()
+    if step == "process":
+        return processing.process_pending(settings, group, day)
+    if step == "decide":
+        return decisions.decide_pending(settings, group, day)
+    if step == "train":
+        return pipeline_steps.train_if_decided(settings, group, day)
+    if step == "promote":
+        return pipeline_steps.promote_latest(settings, group, day)
+    raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
+
+
+def cycle(settings: Settings, group: int, day: str,
+          step: Callable[[Settings, str, int, str], dict] = run_in_process) -> dict:
+    """One batch through the whole cycle. Returns the steps' summaries and a one-line row."""
+    done = {"ingest": step(settings, "ingest", group, day)}
+    if done["ingest"]["status"] == "exhausted":
+        return {"job": "pipeline", "status": "exhausted", "steps": done, "row": None}
+    done["process"] = step(settings, "process", group, day)
+    done["decide"] = step(settings, "decide", group, day)
+    if done["decide"].get("retrain"):
+        done["train"] = step(settings, "train", group, day)
+        done["promote"] = step(settings, "promote", group, day)
+    return {"job": "pipeline", "status": "done", "steps": done, "row": summary_row(done)}
+
+
+def summary_row(done: dict) -> dict:
+    ingest, decision = done["ingest"], (done["decide"].get("decisions") or [{}])[-1]
+    processed = (done["process"].get("batches") or [{}])[-1]
+    train, promote = done.get("train", {}), done.get("promote", {})
+    return {"batch_number": ingest.get("batch_number"), "batch_id": ingest.get("batch_id"),
+            "rows_in": ingest.get("rows"), "rejected": processed.get("rejected_rows"),
+            "drift_found": decision.get("drift_found"), "drifted": decision.get("drifted_features"),
+            "retrain": decision.get("retrain"), "retrain_reason": decision.get("retrain_reason"),
+            "version": train.get("version"), "family": train.get("family"),
+            "rmse": (train.get("test_metrics") or {}).get("rmse"),
+            "promoted": promote.get("status") == "promoted" if promote else None,
+            "promotion_reason": promote.get("reason")}
