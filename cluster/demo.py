@@ -60,7 +60,7 @@ def table(rows: list[dict]) -> str:
                      f"{'-' if r['promoted'] is None else ('yes' if r['promoted'] else 'no'):<8}")
         lines.append(textwrap.indent(textwrap.fill(f"why retrain: {r['retrain_reason']}", 110), "     "))
         if r.get("promotion_reason"):
-            lines.append(textwrap.indent(textwrap.fill(f"why promoted: {r['promotion_reason']}", 110), "     "))
+            lines.append(textwrap.indent(textwrap.fill(f"promotion: {r['promotion_reason']}", 110), "     "))
     return "\n".join(lines)
 
 
