@@ -44,12 +44,14 @@ def fit(settings: Settings, config: dict, arrays: dict, name: str) -> tuple[Boos
               "colsample_bytree": config["colsample_bytree"], "eval_metric": "rmse"}
     trainer = XGBoostTrainer(
         _worker, train_loop_config={"params": params, "rounds": config["n_estimators"]},
-        scaling_config=ScalingConfig(num_workers=settings.xgb_workers, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=settings.xgb_workers, resources_per_worker={"CPU": 1},
+                                     placement_strategy="SPREAD"),  # one worker per node where possible
         datasets={"train": ray.data.from_pandas(_frame(arrays["X_train"], arrays["y_train"])),
                   "validation": ray.data.from_pandas(_frame(arrays["X_validation"], arrays["y_validation"]))},
         run_config=RunConfig(name=name, storage_path=str(settings.state_path / "ray_results")),
     )
     result = trainer.fit()
-    model = BoosterRegressor(RayTrainReportCallback.get_model(result.checkpoint))
-    return model, price_metrics(arrays["y_validation"], model.predict(_frame(arrays["X_validation"], 0).drop(
-        columns="y").to_numpy()))
+    booster = RayTrainReportCallback.get_model(result.checkpoint)
+    booster.feature_names = None  # trained from named columns; served from plain matrices
+    model = BoosterRegressor(booster)
+    return model, price_metrics(arrays["y_validation"], model.predict(arrays["X_validation"]))

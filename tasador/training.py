@@ -192,6 +192,9 @@ def train(settings: Settings, trigger: dict) -> dict:
         ray.init(logging_level=logging.WARNING)
     started = time.perf_counter()
     ds = load_dataset(settings)
+    if ds.train.sum() == 0 or ds.validation.sum() == 0 or ds.test.sum() == 0:
+        raise ValueError(f"not enough clean rows to train on ({len(ds.frame)} in batches {ds.batch_ids}): "
+                         "ingest and process a batch first")
     features, arrays = prepare(ds)
     client = mlflow_client(settings)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
