@@ -26,17 +26,20 @@ def load_registry(state: Path) -> dict:
 
 
 def record(state: Path, name: str, **info) -> None:
-    registry = load_registry(state)
-    registry[name] = info
-    tmp = registry_path(state).with_suffix(".tmp")
-    tmp.write_text(json.dumps(registry, indent=2))
-    tmp.replace(registry_path(state))
+    _save(state, {**load_registry(state), name: info})
 
 
 def forget(state: Path, name: str) -> None:
     registry = load_registry(state)
     registry.pop(name, None)
-    registry_path(state).write_text(json.dumps(registry, indent=2))
+    _save(state, registry)
+
+
+def _save(state: Path, registry: dict) -> None:
+    """Write the registry atomically (a reader never sees half a file)."""
+    tmp = registry_path(state).with_suffix(".tmp")
+    tmp.write_text(json.dumps(registry, indent=2))
+    tmp.replace(registry_path(state))
 
 
 def spawn(cmd: list[str], log_file: Path, env: dict | None = None, user: str | None = None) -> int:

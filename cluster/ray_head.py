@@ -51,10 +51,15 @@ def head_command(settings: Settings) -> list[str]:
     return cmd
 
 
-def start(settings: Settings) -> int:
-    # job entrypoints run "python": the interpreter of this environment, first on the head's PATH
+def node_env(settings: Settings) -> dict[str, str]:
+    """The environment of every Ray node process: token auth, the settings, and this environment's
+    interpreter first on PATH (job entrypoints run "python")."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    return {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+
+
+def start(settings: Settings) -> int:
+    env = node_env(settings)
     pid = processes.spawn(head_command(settings), settings.state_path / "logs" / "ray-head.log", env=env)
     token = token_path(settings).read_text().strip()
     try:
@@ -83,8 +88,7 @@ def start_worker(settings: Settings, index: int, num_cpus: int, timeout_s: float
 
     import requests
 
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    env = node_env(settings)
     pid = processes.spawn(worker_command(settings, index, num_cpus),
                           settings.state_path / "logs" / f"ray-worker-{index}.log", env=env)
     headers = {"Authorization": f"Bearer {token_path(settings).read_text().strip()}"}
