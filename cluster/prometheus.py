@@ -1,0 +1,40 @@
+"""Prometheus (Debian's ``prometheus`` package) scraping the Ray cluster's metrics: Ray writes the
+service-discovery file of every node's metrics endpoint into its temp dir; Prometheus follows it."""
+
+from __future__ import annotations
+
+import shutil
+
+from cluster import processes, ray_head
+from tasador.settings import Settings
+
+SCRAPE_INTERVAL_S = 5
+
+
+def binary() -> str | None:
+    return shutil.which("prometheus")
+
+
+def config_text(settings: Settings) -> str:
+    sd_file = ray_head.temp_dir(settings) / "prom_metrics_service_discovery.json"
+    return f"""# written by tasador up
+global:
+  scrape_interval: {SCRAPE_INTERVAL_S}s
+  evaluation_interval: {SCRAPE_INTERVAL_S}s
+scrape_configs:
+  - job_name: ray
+    file_sd_configs:
+      - files: ["{sd_file}"]
+        refresh_interval: {SCRAPE_INTERVAL_S}s
+"""
+
+
+def start(settings: Settings) -> int:
+    root = settings.state_path / "prometheus"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "prometheus.yml").write_text(config_text(settings))
+    cmd = [binary(), f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+           f"--web.listen-address=127.0.0.1:{settings.prometheus_port}", "--storage.tsdb.retention.time=15d"]
+    pid = processes.spawn(cmd, settings.state_path / "logs" / "prometheus.log")
+    processes.wait_http(f"{settings.prometheus}/-/ready", 60, pid=pid)
+    return pid

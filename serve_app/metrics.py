@@ -1,0 +1,59 @@
+"""The Serve app's metrics, through ``ray.serve.metrics`` (Ray exports them on each node's Prometheus
+endpoint with a ``ray_`` prefix; Serve adds the deployment, replica and application tags). Created in
+the replica, never at import."""
+
+from __future__ import annotations
+
+from ray.serve import metrics
+
+LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 10_000]
+
+# the names Prometheus sees (Grafana dashboards and the Dash app query these)
+EXPORTED = {
+    "requests": "ray_tasador_requests_total",
+    "latency": "ray_tasador_request_latency_ms",
+    "errors": "ray_tasador_request_errors_total",
+    "batch_size": "ray_tasador_batch_requests",
+    "rows": "ray_tasador_batch_rows",
+    "model_version": "ray_tasador_model_version",
+    "model_rmse": "ray_tasador_model_rmse",
+    "load_failures": "ray_tasador_model_load_failures_total",
+    "logged": "ray_tasador_predictions_logged_total",
+    "lost": "ray_tasador_predictions_lost_total",
+}
+
+
+class ApiMetrics:
+    def __init__(self):
+        self.requests = metrics.Counter("tasador_requests", description="HTTP requests by route and status code.",
+                                        tag_keys=("route", "code"))
+        self.errors = metrics.Counter("tasador_request_errors", description="Requests answered 4xx/5xx, by kind.",
+                                      tag_keys=("route", "kind"))
+        self.latency = metrics.Histogram("tasador_request_latency_ms", description="Request latency in ms.",
+                                         boundaries=LATENCY_MS, tag_keys=("route",))
+        self.logged = metrics.Counter("tasador_predictions_logged",
+                                      description="Predictions written to the raw database.")
+        self.lost = metrics.Counter("tasador_predictions_lost",
+                                    description="Predictions not logged (buffer full while the database was down).")
+
+
+class ModelMetrics:
+    def __init__(self):
+        self.batch_size = metrics.Histogram("tasador_batch_requests", description="Requests per @serve.batch call.",
+                                            boundaries=SIZES)
+        self.rows = metrics.Histogram("tasador_batch_rows", description="Listings priced per batch call.",
+                                      boundaries=SIZES)
+        self.version = metrics.Gauge("tasador_model_version", description="The registry version being served.")
+        self.rmse = metrics.Gauge("tasador_model_rmse",
+                                  description="Held-out RMSE (dollars) of the version being served.")
+        self.load_failures = metrics.Counter("tasador_model_load_failures",
+                                             description="Production versions refused (failed to load or check).",
+                                             tag_keys=("version",))
+
+    def swapped(self, loaded) -> None:
+        if str(loaded.version).isdigit():
+            self.version.set(int(loaded.version))
+        rmse = loaded.info.get("metrics", {}).get("rmse")
+        if rmse is not None:
+            self.rmse.set(float(rmse))

@@ -1,0 +1,184 @@
+"""The model deployment: the registry's ``production`` version, swapped in place when the alias moves.
+
+Each replica checks the alias every ``serve_poll_s`` (and at once on an admin reload). A new version
+is loaded and checked beside the one serving; only then does one reference assignment switch to it,
+so no request waits and none fails. A version that fails to load or to predict a sane price never
+replaces a working one: the error shows in ``health()`` and in the load-failure metric, and the
+version is retried after ``RETRY_FAILED_S``. Requests are batched (``@serve.batch``) and priced with
+one vectorised call per batch; every answer names the version that produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from ray import serve
+
+from serve_app import metrics
+from tasador.registry import PRODUCTION, mlflow_client
+from tasador.schema import FEATURES
+from tasador.settings import Settings
+
+log = logging.getLogger("ray.serve")
+RETRY_FAILED_S = 30.0
+# a listing every sane model prices between $1k and $1B: the check a new version passes before it serves
+CHECK_LISTING = {"brokered_by": 22611.0, "status": "for_sale", "bed": 3.0, "bath": 2.0, "acre_lot": 0.25,
+                 "street": 1594530.0, "city": "Boston", "state": "Massachusetts", "zip_code": "02108",
+                 "house_size": 1800.0, "prev_sold_date": None}
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    model: object  # tasador.features.PriceModel
+    info: dict = field(default_factory=dict)
+
+
+class RegistryLoader:
+    """Reads the production alias and loads versions from the MLflow registry (injectable: tests and
+    benchmarks may pass another loader with the same two methods)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.client = mlflow_client(settings)
+
+    def production_version(self) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(self.settings.model_name, PRODUCTION).version
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+
+    def load(self, version: str) -> LoadedModel:
+        import mlflow.sklearn
+
+        name = self.settings.model_name
+        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+        mv = self.client.get_model_version(name, version)
+        tags = mv.tags
+        metrics_ = {k.removeprefix("metric_"): float(v) for k, v in tags.items() if k.startswith("metric_")}
+        info = {"name": name, "version": version, "family": tags.get("family", getattr(model, "family", "")),
+                "metrics": metrics_, "batch_ids": json.loads(tags.get("batch_ids", "[]")),
+                "rows": int(tags.get("rows", 0)),
+                "trigger_reason": tags.get("trigger_reason"), "promotion_reason": tags.get("promotion_reason"),
+                "run_id": mv.run_id}
+        return LoadedModel(version, model, info)
+
+
+def check_model(loaded: LoadedModel) -> None:
+    """Refuse a version that cannot price a plain listing sanely."""
+    price = float(np.asarray(loaded.model.predict(pd.DataFrame([CHECK_LISTING])))[0])
+    if not (np.isfinite(price) and 1e3 <= price <= 1e9):
+        raise ValueError(f"version {loaded.version} priced the check listing at {price!r}")
+
+
+@serve.deployment
+class PriceModelServer:
+    def __init__(self, loader_factory=RegistryLoader):
+        self.settings = Settings.load()
+        self.loader = loader_factory(self.settings)
+        self.metrics = metrics.ModelMetrics()
+        self.current: LoadedModel | None = None
+        self.last_error: dict | None = None
+        self._failed: dict[str, float] = {}  # version -> when it last failed
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.predict.set_max_batch_size(self.settings.serve_batch_max_size)
+        self.predict.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
+        self.refresh()
+        threading.Thread(target=self._follow_alias, name="follow-production-alias", daemon=True).start()
+
+    # -- following the alias -------------------------------------------------------------------
+    def _follow_alias(self) -> None:
+        while True:
+            self._wake.wait(self.settings.serve_poll_s)
+            self._wake.clear()
+            try:
+                self.refresh()
+            except Exception:  # a registry outage must never stop the loop
+                log.exception("checking the production alias failed")
+
+    def refresh(self) -> dict:
+        """Load the production version if it is not the one serving. Returns what happened."""
+        with self._lock:
+            try:
+                wanted = self.loader.production_version()
+            except Exception as exc:
+                self.last_error = {"stage": "registry", "error": f"{type(exc).__name__}: {exc}", "at": time.time()}
+                raise
+            current = self.current.version if self.current else None
+            if wanted is None or wanted == current:
+                if wanted == current:
+                    self.last_error = None  # a refused version is no longer wanted
+                return {"status": "unchanged", "version": current, "production": wanted}
+            failed_at = self._failed.get(wanted)
+            if failed_at is not None and time.time() - failed_at < RETRY_FAILED_S:
+                return {"status": "refused", "version": current, "production": wanted, "error": self.last_error}
+            started = time.perf_counter()
+            try:
+                loaded = self.loader.load(wanted)
+                check_model(loaded)
+            except Exception as exc:
+                self._failed[wanted] = time.time()
+                self.last_error = {"stage": "load", "version": wanted, "error": f"{type(exc).__name__}: {exc}",
+                                   "at": time.time()}
+                self.metrics.load_failures.inc(tags={"version": str(wanted)})
+                log.error("production version %s refused, still serving %s: %s", wanted, current, exc)
+                return {"status": "refused", "version": current, "production": wanted, "error": self.last_error}
+            loaded.info["loaded_at"] = time.time()
+            loaded.info["load_seconds"] = round(time.perf_counter() - started, 3)
+            self.current = loaded  # the swap: one reference assignment; in-flight batches keep the old one
+            self._failed.pop(wanted, None)
+            self.last_error = None
+            self.metrics.swapped(loaded)
+            log.info("now serving version %s (was %s), loaded in %.2fs", wanted, current,
+                     loaded.info["load_seconds"])
+            return {"status": "swapped", "version": wanted, "previous": current}
+
+    async def reload(self) -> dict:
+        return await asyncio.to_thread(self.refresh)
+
+    # -- answering --------------------------------------------------------------------------------
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def predict(self, requests: list[dict]) -> list[dict]:
+        """Each request is a dict of the 11 feature columns; the whole batch is one frame, one call."""
+        current = self.current  # one version for the whole batch, whatever swaps meanwhile
+        if current is None:
+            return [{"error": "no production model yet"}] * len(requests)
+        sizes = [len(r["status"]) for r in requests]
+        frame = pd.DataFrame({f: [v for r in requests for v in r[f]] for f in FEATURES})
+        prices = np.asarray(current.model.predict(frame), dtype=float)
+        self.metrics.batch_size.observe(len(requests))
+        self.metrics.rows.observe(len(frame))
+        bounds = np.cumsum([0, *sizes])
+        return [{"model_name": current.info.get("name"), "model_version": current.version,
+                 "prices": prices[a:b].round(2).tolist()} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    async def explain(self, columns: dict) -> dict:
+        from tasador.explain import contributions
+
+        current = self.current
+        if current is None:
+            return {"error": "no production model yet"}
+        frame = pd.DataFrame(columns, columns=list(FEATURES))
+        base, per_feature = await asyncio.to_thread(contributions, current.model, frame)
+        prices = np.exp(base + per_feature.sum(axis=1).to_numpy())
+        return {"model_name": current.info.get("name"), "model_version": current.version,
+                "explanations": [{"price": round(float(p), 2), "base_price": round(float(np.exp(b)), 2),
+                                  "contributions": {f: round(float(v), 6) for f, v in row.items()}}
+                                 for p, b, (_, row) in zip(prices, base, per_feature.iterrows(), strict=True)],
+                "units": "log price: exp(contribution) is the factor the feature multiplies the price by"}
+
+    def info(self) -> dict:
+        current = self.current
+        return {"model": current.info if current else None, "last_error": self.last_error}

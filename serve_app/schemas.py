@@ -1,0 +1,82 @@
+"""What the prediction API accepts: one listing (the 11 features of the schema) or ``{"listings": [...]}``.
+
+Validated with the same bounds as the cleaning rules, so a listing the pipeline would reject is refused
+here with a 422 whose message names the field; the model never sees NaN, text in a number or a
+negative size. Unknown keys (``price``, say, when a raw row is sent) are ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from tasador.cleaning import BOUNDS
+from tasador.schema import FEATURES, STATES, STATUSES
+
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+
+
+def _bounded(name: str, default=None):
+    low, high = BOUNDS[name]
+    return Annotated[float | None, Field(default=default, ge=low, le=high)]
+
+
+class Listing(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, str_strip_whitespace=True)
+
+    status: Status = Field(examples=["for_sale"])
+    state: str = Field(examples=["Massachusetts"])
+    city: str | None = Field(default=None, max_length=200, examples=["Boston"])
+    zip_code: str | None = Field(default=None, examples=["02108"])
+    bed: _bounded("bed") = Field(default=None, examples=[3])
+    bath: _bounded("bath") = Field(default=None, examples=[2])
+    house_size: _bounded("house_size") = Field(default=None, examples=[1800])
+    acre_lot: _bounded("acre_lot") = Field(default=None, examples=[0.25])
+    brokered_by: float | None = Field(default=None, ge=0, examples=[22611])
+    street: float | None = Field(default=None, ge=0, examples=[1594530])
+    prev_sold_date: dt.date | None = Field(default=None, examples=["2015-06-30"])
+
+    @field_validator("state")
+    @classmethod
+    def known_state(cls, value: str) -> str:
+        if value not in STATES:
+            raise ValueError(f"unknown state {value!r}: one of the 50 states, District of Columbia, "
+                             "Puerto Rico, Virgin Islands or Guam, spelled out")
+        return value
+
+    @field_validator("zip_code", mode="before")
+    @classmethod
+    def zip_as_text(cls, value):
+        if value is None:
+            return None
+        text = str(int(value)) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+        digits = text.strip()
+        if not digits.isdigit() or len(digits) > 5:
+            raise ValueError("a zip code is up to 5 digits")
+        return digits.zfill(5)
+
+    @field_validator("prev_sold_date")
+    @classmethod
+    def not_in_future(cls, value: dt.date | None) -> dt.date | None:
+        if value is not None and not (dt.date(1900, 1, 1) <= value <= dt.date.today()):
+            raise ValueError("prev_sold_date lies before 1900 or in the future")
+        return value
+
+
+def listings_adapter(max_listings: int) -> TypeAdapter:
+    """Validates ``{"listings": [...]}`` with 1 to ``max_listings`` items."""
+
+    class ListingBatch(BaseModel):
+        listings: Annotated[list[Listing], Field(min_length=1, max_length=max_listings)]
+
+    return TypeAdapter(ListingBatch)
+
+
+LISTING = TypeAdapter(Listing)
+
+
+def to_columns(listings: list[Listing]) -> dict[str, list]:
+    """Column lists of the 11 features (what the model deployment takes: cheap to ship, one frame)."""
+    return {f: [getattr(item, f) for item in listings] for f in FEATURES}

@@ -1,0 +1,308 @@
+"""The prediction API over real HTTP on the session stack's Ray Serve (HAProxy ingress), models from
+the real MLflow registry, predictions logged to the real raw database, metrics read back from the
+real Prometheus.
+
+The module deploys the Serve app with its own registered-model name, so its versions and alias never
+touch the registry's main model that the training tests check; the stack's app is restored after.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import numpy as np
+import psycopg2
+import pytest
+import requests
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cluster import prometheus, serve
+from serve_app.prediction_log import PredictionLog
+from tasador import ray_jobs, registry, training
+from tasador.features import PriceModel
+from tasador.promotion import load_model
+from tasador.registry import PRODUCTION
+from tasador.schema import FEATURES
+
+GROUP = 55
+
+
+def _listings(frame) -> list[dict]:
+    """Rows as a client sends them: JSON values, missing as null."""
+    features = frame[list(FEATURES)]
+    return features.astype(object).where(features.notna(), None).to_dict("records")
+
+
+def register_ridge(s, ds, arrays, features, alpha: float) -> str:
+    import mlflow
+
+    model = PriceModel(features, make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(
+        arrays["X_train"], arrays["y_train"]), "ridge")
+    client = registry.mlflow_client(s)
+    experiment = client.get_experiment_by_name(s.mlflow_experiment) or client.get_experiment(
+        client.create_experiment(s.mlflow_experiment))
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"serve-test-ridge-{alpha}") as run_:
+        pass
+    pred = model.predict_log(ds.frame[ds.test][list(FEATURES)])
+    rmse = float(np.sqrt(np.mean((np.exp(pred) - ds.frame[ds.test]["price"].to_numpy()) ** 2)))
+    return training.register(s, model, run_.info.run_id, ds, {"rmse": rmse}, {"alpha": alpha},
+                             {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame))})
+
+
+def set_production(s, version: str) -> None:
+    registry.mlflow_client(s).set_registered_model_alias(s.model_name, PRODUCTION, version)
+
+
+def wait_for_version(s, version: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        resp = requests.get(f"{s.serve}/health", timeout=5)
+        if resp.json().get("model_version") == version:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"Serve did not switch to v{version}: {resp.json()}")
+
+
+@pytest.fixture(scope="module")
+def serving(settings):
+    s = serve.with_admin_token(settings.replace(model_name="tasador-serve-test"))
+    for job in ("jobs.ingest", "jobs.process"):
+        outcome = ray_jobs.run(settings, job, ["--group", str(GROUP), "--day", "Monday"], timeout_s=600)
+        assert outcome.status == "SUCCEEDED", outcome.logs[-3000:]
+    batch_id = outcome.summary["batches"][0]["batch_id"]
+    serve.deploy(s)
+    assert requests.get(f"{s.serve}/health", timeout=5).status_code == 503  # no model under this name yet
+    ds = training.load_dataset(s, [batch_id])
+    features, arrays = training.prepare(ds)
+    v1 = register_ridge(s, ds, arrays, features, alpha=1.0)
+    set_production(s, v1)
+    wait_for_version(s, v1)
+    yield {"s": s, "ds": ds, "features": features, "arrays": arrays, "v1": v1}
+    set_production(s, v1)
+    serve.deploy(serve.with_admin_token(settings))
+
+
+def test_predictions_match_the_registry_model_and_name_the_version(serving):
+    s, ds = serving["s"], serving["ds"]
+    frame = ds.frame[ds.test].head(50)
+    resp = requests.post(f"{s.serve}/predict", json={"listings": _listings(frame)}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model_name"] == "tasador-serve-test" and body["model_version"] == serving["v1"]
+    direct = load_model(s, serving["v1"]).predict(frame[list(FEATURES)])
+    assert np.allclose(body["prices"], direct, rtol=1e-6)
+
+    one = requests.post(f"{s.serve}/predict", json=_listings(frame.head(1))[0], timeout=30).json()
+    assert len(one["prices"]) == 1 and one["prices"][0] == pytest.approx(direct[0], rel=1e-6)
+
+
+def test_predictions_are_logged_to_raw_with_their_version(serving, raw):
+    s, ds = serving["s"], serving["ds"]
+    marker = 424242.0  # a broker id no batch has: finds this test's rows
+    listing = {**_listings(ds.frame.head(1))[0], "brokered_by": marker}
+    resp = requests.post(f"{s.serve}/predict", json={"listings": [listing] * 3}, timeout=30).json()
+    deadline = time.monotonic() + 10
+    rows = []
+    while time.monotonic() < deadline and len(rows) < 3:
+        with raw.cursor() as cur:
+            cur.execute("SELECT model_name, model_version, predicted_price, state, status FROM predictions"
+                        " WHERE brokered_by = %s", (str(marker),))
+            rows = cur.fetchall()
+        time.sleep(0.3)
+    assert len(rows) == 3
+    assert {r[:2] for r in rows} == {("tasador-serve-test", resp["model_version"])}
+    assert rows[0][2] == pytest.approx(resp["prices"][0]) and rows[0][3] == listing["state"]
+
+
+def test_model_health_and_docs(serving):
+    s = serving["s"]
+    model = requests.get(f"{s.serve}/model", timeout=10).json()
+    assert model["version"] == serving["v1"] and model["family"] == "ridge"
+    assert model["metrics"]["rmse"] > 0 and model["batch_ids"] == serving["ds"].batch_ids
+    health = requests.get(f"{s.serve}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert requests.get(f"{s.serve}/docs", timeout=10).status_code == 200
+    assert "/predict" in requests.get(f"{s.serve}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_explain_gives_each_feature_a_contribution_that_adds_up(serving):
+    s, ds = serving["s"], serving["ds"]
+    listing = _listings(ds.frame[ds.test].head(1))[0]
+    body = requests.post(f"{s.serve}/explain", json=listing, timeout=30).json()
+    explanation = body["explanations"][0]
+    assert set(explanation["contributions"]) == set(FEATURES)
+    total = explanation["base_price"] * math.exp(sum(explanation["contributions"].values()))
+    assert total == pytest.approx(explanation["price"], rel=1e-4)
+    price = requests.post(f"{s.serve}/predict", json=listing, timeout=30).json()["prices"][0]
+    assert explanation["price"] == pytest.approx(price, rel=1e-4)
+
+
+BAD = [
+    ("missing status", lambda ok: {k: v for k, v in ok.items() if k != "status"}, "status"),
+    ("text in a number", lambda ok: {**ok, "bed": "three"}, "bed"),
+    ("negative size", lambda ok: {**ok, "house_size": -5}, "house_size"),
+    ("unknown state", lambda ok: {**ok, "state": "Atlantis"}, "state"),
+    ("bad date", lambda ok: {**ok, "prev_sold_date": "last spring"}, "prev_sold_date"),
+    ("one bad listing in a list", lambda ok: {"listings": [ok, {**ok, "bath": -1}]}, "listings.1.bath"),
+    ("empty list", lambda ok: {"listings": []}, "listings"),
+]
+
+
+@pytest.mark.parametrize("name,make,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_a_422_naming_the_field(serving, name, make, field):
+    s, ds = serving["s"], serving["ds"]
+    ok = {**_listings(ds.frame.head(1))[0], "state": "Vermont", "status": "for_sale"}
+    resp = requests.post(f"{s.serve}/predict", json=make(ok), timeout=30)
+    assert resp.status_code == 422, resp.text
+    assert field in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("body,words", [
+    (b"", "empty"), (b"{not json", "not JSON"), (b"[1, 2]", "JSON list"),
+    (b'{"status": "for_sale", "state": "Vermont", "bed": NaN}', "bed"),
+])
+def test_malformed_bodies_get_a_422_and_the_replica_keeps_serving(serving, body, words):
+    s, ds = serving["s"], serving["ds"]
+    resp = requests.post(f"{s.serve}/predict", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert resp.status_code == 422 and words in resp.json()["detail"]
+    assert requests.post(f"{s.serve}/predict", json=_listings(ds.frame.head(1))[0], timeout=30).status_code == 200
+
+
+def test_an_oversized_list_is_refused(serving):
+    s, ds = serving["s"], serving["ds"]
+    one = _listings(ds.frame.head(1))[0]
+    resp = requests.post(f"{s.serve}/predict", json={"listings": [one] * (s.serve_max_listings + 1)}, timeout=60)
+    assert resp.status_code == 422 and "at most" in resp.json()["detail"]
+
+
+def test_admin_reload_needs_the_token(serving):
+    s = serving["s"]
+    assert requests.post(f"{s.serve}/admin/reload", timeout=10).status_code == 401
+    assert requests.post(f"{s.serve}/admin/reload", headers={"Authorization": "Bearer wrong"},
+                         timeout=10).status_code == 401
+    ok = requests.post(f"{s.serve}/admin/reload", headers={"Authorization": f"Bearer {s.serve_admin_token}"},
+                       timeout=30)
+    assert ok.status_code == 200 and ok.json()["version"] == serving["v1"]
+
+
+def test_hot_swap_under_concurrent_load_fails_nothing(serving):
+    """Eight clients send requests while the alias moves to a new version: every request succeeds,
+    every answer names a version, and the new one answers within 5 s of the alias moving."""
+    s, ds = serving["s"], serving["ds"]
+    v2 = register_ridge(s, ds, serving["arrays"], serving["features"], alpha=50.0)
+    listing = _listings(ds.frame[ds.test].head(1))[0]
+    results, stop = [], threading.Event()
+
+    def client():
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    resp = session.post(f"{s.serve}/predict", json=listing, timeout=30)
+                    version = resp.json().get("model_version") if resp.ok else None
+                    results.append((started, time.monotonic() - started, resp.status_code, version))
+                except requests.RequestException as exc:
+                    results.append((started, time.monotonic() - started, type(exc).__name__, None))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        moved = time.monotonic()
+        set_production(s, v2)
+        time.sleep(7)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        set_production(s, serving["v1"])
+        wait_for_version(s, serving["v1"])
+    failed = [r for r in results if r[2] != 200]
+    assert not failed, failed[:5]
+    assert {r[3] for r in results} == {serving["v1"], v2}
+    first_new = min(r[0] + r[1] for r in results if r[3] == v2)
+    assert first_new - moved < 5.0
+    assert all(r[3] == v2 for r in results if r[0] > first_new + 0.5)  # no flapping back
+    assert len(results) > 50
+
+
+def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
+    s = serving["s"]
+    client = registry.mlflow_client(s)
+    run_id = client.get_model_version(s.model_name, serving["v1"]).run_id
+    broken = client.create_model_version(s.model_name, source=f"runs:/{run_id}/no-model-here", run_id=run_id,
+                                         tags={"family": "ridge"}).version
+    set_production(s, broken)
+    deadline = time.monotonic() + 15
+    health = {}
+    while time.monotonic() < deadline:
+        health = requests.get(f"{s.serve}/health", timeout=5).json()
+        if health.get("last_error"):
+            break
+        time.sleep(0.3)
+    try:
+        assert health["status"] == "degraded" and health["last_error"]["version"] == broken
+        assert health["model_version"] == serving["v1"]
+        resp = requests.post(f"{s.serve}/predict", json=_listings(serving["ds"].frame.head(1))[0], timeout=30)
+        assert resp.status_code == 200 and resp.json()["model_version"] == serving["v1"]
+    finally:
+        set_production(s, serving["v1"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and requests.get(f"{s.serve}/health", timeout=5).json()["status"] != "ok":
+        time.sleep(0.3)
+    assert requests.get(f"{s.serve}/health", timeout=5).json()["status"] == "ok"
+
+
+@pytest.mark.skipif(prometheus.binary() is None, reason="Debian's prometheus package is not installed")
+def test_prometheus_scrapes_the_serve_metrics(serving):
+    s = serving["s"]
+    for _ in range(5):
+        requests.post(f"{s.serve}/predict", json=_listings(serving["ds"].frame.head(1))[0], timeout=30)
+    wanted = {"ray_tasador_requests_total", "ray_tasador_request_latency_ms_bucket", "ray_tasador_model_version",
+              "ray_tasador_model_rmse", "ray_tasador_batch_requests_bucket",
+              "ray_tasador_model_load_failures_total"}
+    deadline = time.monotonic() + 60
+    found = {}
+    while time.monotonic() < deadline:
+        for name in wanted - set(found):
+            result = requests.get(f"{s.prometheus}/api/v1/query", params={"query": name}, timeout=10).json()
+            if result["data"]["result"]:
+                found[name] = result["data"]["result"]
+        if set(found) == wanted:
+            break
+        time.sleep(2)
+    assert set(found) == wanted, f"missing: {wanted - set(found)}"
+    versions = {r["value"][1] for r in found["ray_tasador_model_version"]}
+    assert serving["v1"] in versions
+
+
+def test_the_prediction_log_keeps_rows_while_the_database_is_down_and_counts_what_it_drops(settings):
+    """A real connection refused (a closed port), then the real database: nothing pending is lost."""
+    down = settings.replace(raw_db_url=f"postgresql://tasador@127.0.0.1:{_closed_port()}/raw_data",
+                            prediction_log_max_rows=5, prediction_log_flush_s=3600)
+    log = PredictionLog(down)
+    columns = {f: [None, None] for f in FEATURES} | {"state": ["Vermont"] * 2, "status": ["sold"] * 2,
+                                                     "brokered_by": [777001.0] * 2}
+    log.add(columns, "m", "1", [1.0, 2.0])
+    log.add(columns, "m", "1", [3.0, 4.0])
+    log.add(columns, "m", "1", [5.0, 6.0])  # over the bound of 5: dropped and counted
+    assert log.flush() == 0 and log.pending == 4 and log.lost == 2 and log.last_error
+    log.url = settings.raw_db  # the database is back
+    assert log.flush() == 4 and log.pending == 0 and log.logged == 4
+    conn = psycopg2.connect(settings.raw_db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM predictions WHERE brokered_by = '777001.0'")
+        assert cur.fetchone()[0] == 4
+    conn.close()
+
+
+def _closed_port() -> int:
+    from cluster.processes import free_port
+
+    return free_port()
