@@ -1,14 +1,15 @@
 """``tasador demo``: bring up the stack, then the whole cycle for every batch the data API serves
-(each step a Ray job of its own: ingest, process, decide, train, promote), then a table per batch and
-the URLs of every component."""
+(each step a Ray job of its own: ingest, process, decide, train, promote), through Airflow's
+``tasador_retraining`` DAG when Airflow is installed, else submitted from here; then a table per batch
+(from the databases) and the URLs of every component."""
 
 from __future__ import annotations
 
 import sys
 import textwrap
 
-from cluster import stack
-from tasador import ray_jobs
+from cluster import airflow, stack
+from tasador import decisions, ray_jobs
 from tasador.pipeline import cycle
 from tasador.settings import Settings
 
@@ -30,22 +31,42 @@ def run(settings: Settings, scale: float | None = None) -> int:
     if scale is not None:
         settings = settings.replace(data_api_scale=scale)
     stack.up(settings)
-    rows = []
     try:
-        while True:
-            print(f"batch {len(rows) + 1}:", flush=True)
-            result = cycle(settings, settings.group, settings.day, step=submit_step)
-            if result["status"] == "exhausted":
-                break
-            rows.append(result["row"])
+        through_airflow(settings) if airflow.available() else through_ray_jobs(settings)
+        failed = None
     except JobFailed as exc:
-        print(f"\nThe pipeline stopped: {exc}")
-        print(table(rows))
-        return 1
+        failed = exc
+    rows = decisions.batch_report(settings, settings.group, settings.day)
     print(table(rows))
+    if failed:
+        print(f"\nThe pipeline stopped: {failed}")
+        return 1
     print(f"\nRaw rows ingested: {sum(r['rows_in'] or 0 for r in rows):,} in {len(rows)} batches")
     print(urls(settings))
     return 0
+
+
+def through_ray_jobs(settings: Settings) -> None:
+    batch = 0
+    while True:
+        batch += 1
+        print(f"batch {batch}:", flush=True)
+        if cycle(settings, settings.group, settings.day, step=submit_step)["status"] == "exhausted":
+            return
+
+
+def through_airflow(settings: Settings) -> None:
+    """One ``airflow dags test`` run of the DAG per batch, until a run ingests nothing (exhausted)."""
+    airflow.migrate(settings)
+    while True:
+        before = len(decisions.batch_report(settings, settings.group, settings.day))
+        print(f"batch {before + 1}: airflow dags test {airflow.DAG_ID}", flush=True)
+        done = airflow.dags_test(settings)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-5000:] + done.stderr[-5000:])
+            raise JobFailed(f"the Airflow run of {airflow.DAG_ID} failed (exit {done.returncode})")
+        if len(decisions.batch_report(settings, settings.group, settings.day)) == before:
+            return
 
 
 def table(rows: list[dict]) -> str:
@@ -66,7 +87,11 @@ def table(rows: list[dict]) -> str:
 
 def urls(settings: Settings) -> str:
     return "\n".join([
+        f"Predict API:   {settings.serve}/predict  (docs: {settings.serve}/docs)",
+        f"Dash app:      http://127.0.0.1:{settings.dash_port}",
         f"Ray dashboard: {settings.ray_dashboard}",
+        f"Prometheus:    {settings.prometheus}",
+        f"Airflow:       http://127.0.0.1:{settings.airflow_port}" + ("" if airflow.available() else " (not set up)"),
         f"MLflow:        {settings.mlflow_uri}",
         f"Data API:      {settings.data_api}",
         f"PostgreSQL:    {settings.raw_db.rsplit('/', 1)[0]} (raw_data, clean_data, mlflow)",

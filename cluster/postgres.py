@@ -10,7 +10,7 @@ from pathlib import Path
 from tasador import db
 from tasador.settings import Settings
 
-DATABASES = ("raw_data", "clean_data", "mlflow")
+DATABASES = ("raw_data", "clean_data", "mlflow", "airflow")
 
 
 def pg_bin(name: str) -> str:

@@ -8,14 +8,15 @@ import sys
 
 import requests
 
-from cluster import mlflow_server, postgres, processes, prometheus, ray_head, serve
+from cluster import airflow, mlflow_server, postgres, processes, prometheus, ray_head, serve
 from tasador import db
 from tasador.ray_jobs import token_path
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ORDER = ("postgres", "mlflow", "ray_head", "data_api", "serve", "prometheus")  # start order; stopped in reverse
+# start order; stopped in reverse
+ORDER = ("postgres", "mlflow", "ray_head", "data_api", "serve", "prometheus", "dash", "airflow")
 IN_RAY = ("serve",)  # lives in the Ray cluster: no PID of its own, stopped with the Ray head
 
 
@@ -57,6 +58,17 @@ def up(settings: Settings, scale: float | None = None) -> dict:
     if prometheus.binary() and not processes.alive(registry.get("prometheus", {}).get("pid")):
         pid = prometheus.start(settings)
         processes.record(state, "prometheus", pid=pid, url=settings.prometheus)
+
+    if not processes.alive(registry.get("dash", {}).get("pid")):
+        pid = processes.spawn([sys.executable, "-m", "dashboard.app"], state / "logs" / "dash.log",
+                              env=settings.as_env())
+        url = f"http://127.0.0.1:{settings.dash_port}"
+        processes.wait_http(f"{url}/health", 60, pid=pid)
+        processes.record(state, "dash", pid=pid, url=url)
+
+    if settings.airflow_server and airflow.available() and not processes.alive(registry.get("airflow", {}).get("pid")):
+        pid = airflow.start(settings)
+        processes.record(state, "airflow", pid=pid, url=f"http://127.0.0.1:{settings.airflow_port}")
     return status(settings)
 
 
@@ -97,6 +109,8 @@ def _healthy(settings: Settings, name: str, info: dict) -> bool:
             return requests.get(f"{info['url']}/health", timeout=3).status_code in (200, 503)
         if name == "prometheus":
             requests.get(f"{info['url']}/-/ready", timeout=3).raise_for_status()
+        elif name == "airflow":
+            requests.get(f"{info['url']}/api/v2/monitor/health", timeout=3).raise_for_status()
         elif name == "postgres":
             db.connect(settings.raw_db, attempts=1).close()
         elif name == "ray_head":
@@ -116,6 +130,7 @@ def isolated_settings(state_dir: str, **changes) -> Settings:
                 ray_gcs_port=processes.free_block(210), ray_dashboard_port=processes.free_port(),
                 ray_client_port=processes.free_port(), ray_metrics_port=processes.free_port(),
                 mlflow_port=processes.free_port(), serve_port=processes.free_port(),
-                prometheus_port=processes.free_port(), dash_port=processes.free_port())
+                prometheus_port=processes.free_port(), dash_port=processes.free_port(),
+                airflow_port=processes.free_port())
     base.update(changes)
     return Settings.load().replace(**base)

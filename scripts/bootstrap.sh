@@ -38,3 +38,18 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.tasador-installed-*
   touch "$stamp"
 fi
+
+# Airflow 3 in its own environment (it pins FastAPI below Ray Serve's): the DAG needs only the
+# project's settings and Ray job client, installed there without dependencies. TASADOR_AIRFLOW=0 skips.
+if [ "${TASADOR_AIRFLOW:-1}" = 1 ]; then
+  af_stamp=".venv-airflow/.tasador-installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  if [ ! -f "$af_stamp" ]; then
+    echo "bootstrap: installing Airflow into .venv-airflow"
+    [ -x .venv-airflow/bin/python ] || "$PY" -m venv .venv-airflow
+    .venv-airflow/bin/python -m pip install -q --upgrade pip
+    .venv-airflow/bin/python -m pip install -q "apache-airflow[postgres]==$(sed -n 's/.*"apache-airflow==\([0-9.]*\)".*/\1/p' pyproject.toml)"
+    .venv-airflow/bin/python -m pip install -q --no-deps -e .
+    rm -f .venv-airflow/.tasador-installed-*
+    touch "$af_stamp"
+  fi
+fi

@@ -1,4 +1,5 @@
-"""The prediction API: a FastAPI ingress over the model deployment. Import path ``serve_app.app:app``
+"""The prediction API: a FastAPI ingress that prices with the production model in-process (batched),
+and a model deployment for explanations. Import path ``serve_app.app:app``
 (deployed with ``serve deploy serve_app/config.yaml``, or by ``tasador up``).
 
 - ``POST /predict``: one listing or ``{"listings": [...]}`` -> model name, version, one price per listing
@@ -10,6 +11,7 @@ Bad input gets a 422 naming the field, never a 500.
 """
 
 
+import asyncio
 import hmac
 import json
 import time
@@ -21,7 +23,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import metrics
-from serve_app.model import PriceModelServer
+from serve_app.model import PriceModelServer, ProductionModel, RegistryLoader
 from serve_app.prediction_log import PredictionLog
 from serve_app.schemas import LISTING, Listing, listings_adapter, to_columns
 from tasador.settings import Settings
@@ -76,14 +78,22 @@ def _short(value):
 @serve.deployment
 @serve.ingress(api)
 class PriceApi:
-    def __init__(self, model: DeploymentHandle):
+    def __init__(self, explainer: DeploymentHandle, loader_factory=RegistryLoader):
         self.settings = Settings.load()
-        self.model = model
+        self.model = ProductionModel(self.settings, loader_factory)
+        self.explainer = explainer
         self.metrics = metrics.ApiMetrics()
         self.batch_adapter = listings_adapter(self.settings.serve_max_listings)
         self.explain_adapter = listings_adapter(self.settings.serve_max_explain)
         self.prediction_log = PredictionLog(self.settings, on_logged=self.metrics.logged.inc,
                                             on_lost=self.metrics.lost.inc)
+        self.predict_batched.set_max_batch_size(self.settings.serve_batch_max_size)
+        self.predict_batched.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def predict_batched(self, requests: list[dict]) -> list[dict]:
+        """Concurrent /predict requests of this replica: one frame, one vectorised call."""
+        return self.model.predict(requests)
 
     def _done(self, route: str, started: float, code: int, body: dict, kind: str | None = None) -> JSONResponse:
         self.metrics.requests.inc(tags={"route": route, "code": str(code)})
@@ -92,7 +102,7 @@ class PriceApi:
             self.metrics.errors.inc(tags={"route": route, "kind": kind or str(code)})
         return JSONResponse(body, status_code=code)
 
-    async def _priced(self, route: str, request: Request, limit: int, adapter, method: str):
+    async def _priced(self, route: str, request: Request, limit: int, adapter, price):
         started = time.perf_counter()
         try:
             listings = parse_listings(await request.body(), limit, adapter)
@@ -100,7 +110,7 @@ class PriceApi:
             return self._done(route, started, 422, {"detail": str(exc), "errors": exc.errors}, "invalid_input"), None
         columns = to_columns(listings)
         try:
-            result = await getattr(self.model, method).remote(columns)
+            result = await price(columns)
         except Exception as exc:  # a replica died mid-request: say so, never a bare 500
             return self._done(route, started, 503, {"detail": f"the model is unavailable: {type(exc).__name__}"},
                               "model_unavailable"), None
@@ -111,7 +121,7 @@ class PriceApi:
     @api.post("/predict", openapi_extra=_BODY, summary="Price one listing or a list of listings")
     async def predict(self, request: Request):
         response, priced = await self._priced("/predict", request, self.settings.serve_max_listings,
-                                              self.batch_adapter, "predict")
+                                              self.batch_adapter, self.predict_batched)
         if priced:
             columns, result = priced
             self.prediction_log.add(columns, result["model_name"], result["model_version"], result["prices"])
@@ -120,13 +130,13 @@ class PriceApi:
     @api.post("/explain", openapi_extra=_BODY, summary="Each feature's SHAP contribution to the price")
     async def explain(self, request: Request):
         response, _ = await self._priced("/explain", request, self.settings.serve_max_explain,
-                                         self.explain_adapter, "explain")
+                                         self.explain_adapter, self.explainer.explain.remote)
         return response
 
     @api.get("/model", summary="The version serving and its lineage")
     async def model_info(self):
         started = time.perf_counter()
-        info = await self.model.info.remote()
+        info = self.model.info()
         if info["model"] is None:
             return self._done("/model", started, 503, {"detail": "no production model yet", **info}, "no_model")
         return self._done("/model", started, 200, info["model"])
@@ -134,7 +144,7 @@ class PriceApi:
     @api.get("/health")
     async def health(self):
         started = time.perf_counter()
-        info = await self.model.info.remote()
+        info = self.model.info()
         model = info["model"]
         body = {"status": "ok" if model and not info["last_error"] else ("degraded" if model else "no_model"),
                 "model_version": model["version"] if model else None, "last_error": info["last_error"],
@@ -151,7 +161,12 @@ class PriceApi:
         if not hmac.compare_digest(given.encode(), token.encode()):
             return self._done("/admin/reload", started, 401, {"detail": "a valid admin token is required"},
                               "unauthorized")
-        return self._done("/admin/reload", started, 200, await self.model.reload.remote())
+        here = await asyncio.to_thread(self.model.refresh)
+        try:
+            explainer = await self.explainer.reload.remote()
+        except Exception as exc:  # the explainer follows the alias on its own within serve_poll_s
+            explainer = {"status": "unreachable", "error": type(exc).__name__}
+        return self._done("/admin/reload", started, 200, {**here, "explainer": explainer})
 
 
 app = PriceApi.bind(PriceModelServer.bind())

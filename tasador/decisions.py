@@ -102,3 +102,27 @@ def summary(record: dict) -> dict:
     features = (record.get("drift") or {}).get("features", [])
     out["drifted_features"] = [f["feature"] for f in features if f["drifted"]]
     return json.loads(json.dumps(out, default=str))
+
+
+def batch_report(settings: Settings, group: int, day: str) -> list[dict]:
+    """Per batch of (group, day), from the databases: rows in, rejected, drift, retrain and why, the
+    version trained, its RMSE, promoted and why (the rows of the demo's table)."""
+    with db.transaction(settings.raw_db) as cur:
+        cur.execute("SELECT batch_id, batch_number, rows FROM batches WHERE group_number = %s AND day = %s"
+                    " ORDER BY batch_number", (group, day))
+        ledger = cur.fetchall()
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT batch_id, rejected_rows FROM processed_batches WHERE batch_id = ANY(%s)",
+                    ([b[0] for b in ledger],))
+        rejected = dict(cur.fetchall())
+    rows = []
+    for batch_id, number, n in ledger:
+        decision = summary(get(settings, batch_id) or {})
+        training = decision.get("training") or {}
+        rows.append({"batch_number": number, "batch_id": batch_id, "rows_in": n, "rejected": rejected.get(batch_id),
+                     "drift_found": decision.get("drift_found"), "drifted": decision.get("drifted_features"),
+                     "retrain": decision.get("retrain"), "retrain_reason": decision.get("retrain_reason"),
+                     "version": training.get("version"), "family": training.get("family"),
+                     "rmse": (training.get("test_metrics") or {}).get("rmse"), "promoted": decision.get("promoted"),
+                     "promotion_reason": decision.get("promotion_reason")})
+    return rows

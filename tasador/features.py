@@ -25,18 +25,18 @@ ENCODED = ("state", "city", "zip_code", "brokered_by")
 SIZES = ("bed", "bath", "house_size", "acre_lot")
 
 
-def typed(X: pd.DataFrame) -> pd.DataFrame:
-    """The 11 features with their model types, whatever came in (strings from JSON, typed clean rows)."""
-    out = pd.DataFrame(index=X.index)
-    for col in SIZES:
-        out[col] = pd.to_numeric(X[col], errors="coerce").astype("float64")
-    out["status"] = X["status"].astype("string").str.lower()
-    out["state"] = X["state"].astype("string")
-    out["city"] = (X["state"].astype("string") + "|" + X["city"].astype("string"))
-    zip_num = pd.to_numeric(X["zip_code"], errors="coerce")
-    out["zip_code"] = zip_num.astype("Int64").astype("string")
-    out["brokered_by"] = pd.to_numeric(X["brokered_by"], errors="coerce").astype("Int64").astype("string")
-    out["prev_sold_date"] = pd.to_datetime(X["prev_sold_date"], errors="coerce")
+def typed(X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The 11 features with their model types, whatever came in (strings from JSON, typed clean rows).
+    Numpy arrays, not a frame: a request of one listing must not pay pandas' per-column overhead."""
+    out = {col: pd.to_numeric(X[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan) for col in SIZES}
+    state = X["state"].astype("string")
+    out["status"] = X["status"].astype("string").str.lower().to_numpy(dtype=object, na_value=None)
+    out["state"] = state.to_numpy(dtype=object, na_value=None)
+    out["city"] = (state + "|" + X["city"].astype("string")).to_numpy(dtype=object, na_value=None)
+    for col in ("zip_code", "brokered_by"):  # ids as integer text: "02108", 2108.0 and "2108" are one zip
+        out[col] = pd.to_numeric(X[col], errors="coerce").astype("Int64").astype("string").to_numpy(
+            dtype=object, na_value=None)
+    out["prev_sold_date"] = pd.to_datetime(X["prev_sold_date"], errors="coerce").to_numpy()
     return out
 
 
@@ -50,38 +50,54 @@ class ListingFeatures(TransformerMixin, BaseEstimator):
 
     def fit_transform(self, X, y=None, **_):
         t = typed(X)
-        self.reference_date_ = t["prev_sold_date"].max() if t["prev_sold_date"].notna().any() else pd.Timestamp(
+        dates = t["prev_sold_date"]
+        self.reference_date_ = pd.Timestamp(np.nanmax(dates)) if (~np.isnat(dates)).any() else pd.Timestamp(
             "2024-01-01")
-        numeric = self._numeric(t, fitting=True)
+        names, numeric = self._numeric(t, fitting=True)
         self.encoder_ = TargetEncoder(target_type="continuous", smooth=self.smooth,
                                       cv=KFold(5, shuffle=True, random_state=0))
         encoded = self.encoder_.fit_transform(self._categories(t), np.asarray(y, dtype=float))
-        self.feature_names_ = [*numeric.columns, *(f"{c}_encoded" for c in ENCODED)]
-        return np.hstack([numeric.to_numpy(dtype=float), encoded])
+        self.feature_names_ = [*names, *(f"{c}_encoded" for c in ENCODED)]
+        return np.hstack([numeric, encoded])
 
     def transform(self, X):
         t = typed(X)
-        numeric = self._numeric(t, fitting=False)
-        return np.hstack([numeric.to_numpy(dtype=float), self.encoder_.transform(self._categories(t))])
+        _, numeric = self._numeric(t, fitting=False)
+        return np.hstack([numeric, self._encode(self._categories(t))])
 
-    def _numeric(self, t: pd.DataFrame, fitting: bool) -> pd.DataFrame:
-        out = pd.DataFrame(index=t.index)
-        raw = {"bed": t["bed"], "bath": t["bath"], "house_size": np.log1p(t["house_size"]),
-               "acre_lot": np.log1p(t["acre_lot"])}
-        age = (self.reference_date_ - t["prev_sold_date"]).dt.days / 365.25
-        raw["prev_sold_age"] = age
-        if fitting:
-            self.medians_ = {k: float(v.median()) if v.notna().any() else 0.0 for k, v in raw.items()}
-        for name, values in raw.items():
-            out[name] = values.fillna(self.medians_[name])
-            out[f"{name}_missing"] = values.isna().astype(float)
-        for status in STATUSES:
-            out[f"status_{status}"] = (t["status"] == status).fillna(False).astype(float)
+    def _encode(self, categories: np.ndarray) -> np.ndarray:
+        """The fitted target encoding (what ``encoder_.transform`` computes: unseen values get the
+        overall mean), by one hash lookup per column instead of sklearn's per-call validation."""
+        enc = self.encoder_
+        if "_lookups" not in self.__dict__:  # built once per loaded model (tens of thousands of zips)
+            self._lookups = [pd.Index(known) for known in enc.categories_]
+        out = np.empty(categories.shape, dtype=float)
+        for j, (lookup, values) in enumerate(zip(self._lookups, enc.encodings_, strict=True)):
+            index = lookup.get_indexer(categories[:, j])
+            out[:, j] = np.where(index >= 0, values[np.maximum(index, 0)], enc.target_mean_)
         return out
 
+    def _numeric(self, t: dict[str, np.ndarray], fitting: bool) -> tuple[list[str], np.ndarray]:
+        with np.errstate(invalid="ignore"):
+            raw = {"bed": t["bed"], "bath": t["bath"], "house_size": np.log1p(t["house_size"]),
+                   "acre_lot": np.log1p(t["acre_lot"])}
+        age = (np.datetime64(self.reference_date_) - t["prev_sold_date"]) / np.timedelta64(1, "D") / 365.25
+        raw["prev_sold_age"] = np.asarray(age, dtype=float)
+        if fitting:
+            self.medians_ = {k: float(np.nanmedian(v)) if (~np.isnan(v)).any() else 0.0 for k, v in raw.items()}
+        names, columns = [], []
+        for name, values in raw.items():
+            missing = np.isnan(values)
+            names += [name, f"{name}_missing"]
+            columns += [np.where(missing, self.medians_[name], values), missing.astype(float)]
+        for status in STATUSES:
+            names.append(f"status_{status}")
+            columns.append((t["status"] == status).astype(float))
+        return names, np.column_stack(columns)
+
     @staticmethod
-    def _categories(t: pd.DataFrame) -> np.ndarray:
-        return t[list(ENCODED)].astype(object).where(t[list(ENCODED)].notna(), "<missing>").to_numpy()
+    def _categories(t: dict[str, np.ndarray]) -> np.ndarray:
+        return np.column_stack([np.where(pd.isna(t[c]), "<missing>", t[c]).astype(object) for c in ENCODED])
 
     def get_feature_names_out(self, input_features=None):
         return np.array(self.feature_names_, dtype=object)

@@ -1,4 +1,10 @@
-"""Submitting Ray jobs to a cluster (local stack, KubeRay, any head) and reading their JSON summary."""
+"""Submitting Ray jobs to a cluster (local stack, KubeRay, any head) and reading their JSON summary.
+
+Through Ray's Jobs REST API on the dashboard (``/api/jobs/``) with the cluster's token, so any
+process can submit (the demo, tests, Airflow's own environment) without importing Ray. The job runs
+the project's code as installed on the cluster's nodes (the editable install here, the image on
+KubeRay), with every setting passed as ``runtime_env`` env vars.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,17 @@ import logging
 import os
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-# what the working directory upload leaves out (state, caches, the venv)
-EXCLUDES = [".venv", "state", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache", "docs", "kuberay"]
 
 
 @dataclass
@@ -52,36 +58,76 @@ def use_cluster_auth(settings: Settings) -> None:
         os.environ.update(auth_env(settings))
 
 
-def client(settings: Settings):
-    use_cluster_auth(settings)  # before the import: Ray reads its auth mode when first imported
-    from ray.job_submission import JobSubmissionClient
+def token(settings: Settings) -> str | None:
+    """Ray's token for this cluster: the environment's, else the local stack's token file."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or token_path(settings))
+    return path.read_text().strip() if path.is_file() else None
 
-    return JobSubmissionClient(settings.ray_dashboard)
+
+class JobsApi:
+    """Ray's Jobs REST API, retried on connection errors and 5xx (a restarting dashboard)."""
+
+    def __init__(self, settings: Settings, attempts: int = 5):
+        self.base = f"{settings.ray_dashboard}/api/jobs/"
+        secret = token(settings)
+        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self.attempts = attempts
+
+    def _call(self, method: str, path: str = "", **kwargs) -> dict:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                resp = requests.request(method, self.base + path, headers=self.headers, timeout=60, **kwargs)
+                if resp.status_code < 500:
+                    if not resp.ok:
+                        raise RuntimeError(f"Ray Jobs API {method} {path or '/'}: HTTP {resp.status_code}: "
+                                           f"{resp.text[:500]}")
+                    return resp.json()
+                problem = f"HTTP {resp.status_code}"
+            except requests.RequestException as exc:
+                problem = type(exc).__name__
+            if attempt == self.attempts:
+                raise RuntimeError(f"Ray Jobs API {method} {path or '/'} failed {attempt} times: {problem}")
+            time.sleep(attempt)
+        raise AssertionError("unreachable")
+
+    def submit(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:
+        body = {"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": submission_id}
+        return self._call("POST", json=body)["submission_id"]
+
+    def status(self, job_id: str) -> str:
+        return self._call("GET", job_id)["status"]
+
+    def logs(self, job_id: str) -> str:
+        return self._call("GET", f"{job_id}/logs")["logs"]
+
+    def stop(self, job_id: str) -> bool:
+        return self._call("POST", f"{job_id}/stop")["stopped"]
 
 
 def submit(settings: Settings, module: str, args: list[str], submission_id: str | None = None) -> str:
-    """Submit ``python -m <module> <args>`` with the project as working dir and the settings as env."""
+    """Submit ``python -m <module> <args>`` with the settings as env; returns the submission id."""
     entrypoint = " ".join(["python", "-m", module, *args])
-    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": settings.as_env()}
-    return client(settings).submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                       submission_id=submission_id)
+    job_id = submission_id or f"tasador-{module.rsplit('.', 1)[-1]}-{uuid.uuid4().hex[:12]}"
+    return JobsApi(settings).submit(entrypoint, {"env_vars": settings.as_env()}, job_id)
 
 
 def wait(settings: Settings, job_id: str, timeout_s: float = 3600, echo=None) -> JobOutcome:
     """Wait for the job to end, passing new log text to ``echo`` as it comes."""
-    jobs = client(settings)
+    jobs = JobsApi(settings)
     seen = 0
     deadline = time.monotonic() + timeout_s
     while True:
-        status = str(jobs.get_job_status(job_id).value)
-        logs = jobs.get_job_logs(job_id)
+        status = jobs.status(job_id)
+        logs = jobs.logs(job_id)
         if echo and len(logs) > seen:
             echo(logs[seen:])
             seen = len(logs)
         if status in TERMINAL:
             return JobOutcome(job_id, status, last_json(logs), logs)
         if time.monotonic() > deadline:
-            jobs.stop_job(job_id)
+            jobs.stop(job_id)
             raise TimeoutError(f"Ray job {job_id} did not finish in {timeout_s:.0f}s; stopped it")
         time.sleep(0.5)
 

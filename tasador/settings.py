@@ -89,6 +89,12 @@ class Settings:
     prometheus_port: int = 9090
     prometheus_url: str = ""  # empty: the local server
     dash_port: int = 8050
+    # Airflow (when its environment is installed: scripts/bootstrap.sh with TASADOR_AIRFLOW=1)
+    airflow_schedule: str = "@hourly"  # the retraining DAG's schedule; empty: only when triggered
+    airflow_retries: int = 2
+    airflow_job_timeout_s: float = 3600.0
+    airflow_port: int = 8081
+    airflow_server: bool = True  # `tasador up` runs `airflow standalone` (the UI and the scheduler)
 
     def _pg_url(self, database: str) -> str:
         return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{database}"

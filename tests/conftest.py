@@ -22,7 +22,7 @@ TEST_SCALE = 0.02  # every data API batch at 2%: 21,698 rows over the six batche
 def fresh_settings(tmp: Path, **changes) -> Settings:
     # at 2% of the plan the mixed $300k-$500k batch has 6,414 rows: the minimum scales down with it
     return stack.isolated_settings(str(tmp / "state"), data_api_scale=TEST_SCALE, data_api_backoff_s=0.2,
-                                   retrain_min_rows=1_000, **changes)
+                                   retrain_min_rows=1_000, airflow_server=False, **changes)
 
 
 @pytest.fixture(scope="session")

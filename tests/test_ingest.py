@@ -129,8 +129,8 @@ def test_job_killed_mid_batch_leaves_nothing(settings, raw, group):
                     break
             assert time.monotonic() < deadline, "the ingest job never reached its ledger insert"
             time.sleep(0.1)
-        ray_jobs.client(settings).stop_job(job_id)
-        while ray_jobs.client(settings).get_job_status(job_id).value not in ray_jobs.TERMINAL:
+        ray_jobs.JobsApi(settings).stop(job_id)
+        while ray_jobs.JobsApi(settings).status(job_id) not in ray_jobs.TERMINAL:
             time.sleep(0.2)
     finally:
         holder.rollback()
@@ -143,7 +143,7 @@ def test_job_killed_mid_batch_leaves_nothing(settings, raw, group):
             if cur.fetchone()[0] == 0:
                 break
         time.sleep(0.2)
-    assert ray_jobs.client(settings).get_job_status(job_id).value == "STOPPED"
+    assert ray_jobs.JobsApi(settings).status(job_id) == "STOPPED"
     with raw.cursor() as cur:
         cur.execute("SELECT count(*) FROM listings")
         assert cur.fetchone()[0] == rows_before

@@ -17,94 +17,41 @@ import numpy as np
 import psycopg2
 import pytest
 import requests
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from cluster import prometheus, serve
+from cluster import prometheus
 from serve_app.prediction_log import PredictionLog
-from tasador import ray_jobs, registry, training
-from tasador.features import PriceModel
+from tasador import registry
 from tasador.promotion import load_model
-from tasador.registry import PRODUCTION
 from tasador.schema import FEATURES
+from tests.serving import listings, register_ridge, serving_model, set_production, wait_for_version
 
 GROUP = 55
 
 
-def _listings(frame) -> list[dict]:
-    """Rows as a client sends them: JSON values, missing as null."""
-    features = frame[list(FEATURES)]
-    return features.astype(object).where(features.notna(), None).to_dict("records")
-
-
-def register_ridge(s, ds, arrays, features, alpha: float) -> str:
-    import mlflow
-
-    model = PriceModel(features, make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(
-        arrays["X_train"], arrays["y_train"]), "ridge")
-    client = registry.mlflow_client(s)
-    experiment = client.get_experiment_by_name(s.mlflow_experiment) or client.get_experiment(
-        client.create_experiment(s.mlflow_experiment))
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"serve-test-ridge-{alpha}") as run_:
-        pass
-    pred = model.predict_log(ds.frame[ds.test][list(FEATURES)])
-    rmse = float(np.sqrt(np.mean((np.exp(pred) - ds.frame[ds.test]["price"].to_numpy()) ** 2)))
-    return training.register(s, model, run_.info.run_id, ds, {"rmse": rmse}, {"alpha": alpha},
-                             {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame))})
-
-
-def set_production(s, version: str) -> None:
-    registry.mlflow_client(s).set_registered_model_alias(s.model_name, PRODUCTION, version)
-
-
-def wait_for_version(s, version: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        resp = requests.get(f"{s.serve}/health", timeout=5)
-        if resp.json().get("model_version") == version:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"Serve did not switch to v{version}: {resp.json()}")
-
-
 @pytest.fixture(scope="module")
 def serving(settings):
-    s = serve.with_admin_token(settings.replace(model_name="tasador-serve-test"))
-    for job in ("jobs.ingest", "jobs.process"):
-        outcome = ray_jobs.run(settings, job, ["--group", str(GROUP), "--day", "Monday"], timeout_s=600)
-        assert outcome.status == "SUCCEEDED", outcome.logs[-3000:]
-    batch_id = outcome.summary["batches"][0]["batch_id"]
-    serve.deploy(s)
-    assert requests.get(f"{s.serve}/health", timeout=5).status_code == 503  # no model under this name yet
-    ds = training.load_dataset(s, [batch_id])
-    features, arrays = training.prepare(ds)
-    v1 = register_ridge(s, ds, arrays, features, alpha=1.0)
-    set_production(s, v1)
-    wait_for_version(s, v1)
-    yield {"s": s, "ds": ds, "features": features, "arrays": arrays, "v1": v1}
-    set_production(s, v1)
-    serve.deploy(serve.with_admin_token(settings))
+    with serving_model(settings, "tasador-serve-test", GROUP) as ctx:
+        yield ctx
 
 
 def test_predictions_match_the_registry_model_and_name_the_version(serving):
     s, ds = serving["s"], serving["ds"]
     frame = ds.frame[ds.test].head(50)
-    resp = requests.post(f"{s.serve}/predict", json={"listings": _listings(frame)}, timeout=30)
+    resp = requests.post(f"{s.serve}/predict", json={"listings": listings(frame)}, timeout=30)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["model_name"] == "tasador-serve-test" and body["model_version"] == serving["v1"]
     direct = load_model(s, serving["v1"]).predict(frame[list(FEATURES)])
     assert np.allclose(body["prices"], direct, rtol=1e-6)
 
-    one = requests.post(f"{s.serve}/predict", json=_listings(frame.head(1))[0], timeout=30).json()
+    one = requests.post(f"{s.serve}/predict", json=listings(frame.head(1))[0], timeout=30).json()
     assert len(one["prices"]) == 1 and one["prices"][0] == pytest.approx(direct[0], rel=1e-6)
 
 
 def test_predictions_are_logged_to_raw_with_their_version(serving, raw):
     s, ds = serving["s"], serving["ds"]
     marker = 424242.0  # a broker id no batch has: finds this test's rows
-    listing = {**_listings(ds.frame.head(1))[0], "brokered_by": marker}
+    listing = {**listings(ds.frame.head(1))[0], "brokered_by": marker}
     resp = requests.post(f"{s.serve}/predict", json={"listings": [listing] * 3}, timeout=30).json()
     deadline = time.monotonic() + 10
     rows = []
@@ -132,7 +79,7 @@ def test_model_health_and_docs(serving):
 
 def test_explain_gives_each_feature_a_contribution_that_adds_up(serving):
     s, ds = serving["s"], serving["ds"]
-    listing = _listings(ds.frame[ds.test].head(1))[0]
+    listing = listings(ds.frame[ds.test].head(1))[0]
     body = requests.post(f"{s.serve}/explain", json=listing, timeout=30).json()
     explanation = body["explanations"][0]
     assert set(explanation["contributions"]) == set(FEATURES)
@@ -156,7 +103,7 @@ BAD = [
 @pytest.mark.parametrize("name,make,field", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_gets_a_422_naming_the_field(serving, name, make, field):
     s, ds = serving["s"], serving["ds"]
-    ok = {**_listings(ds.frame.head(1))[0], "state": "Vermont", "status": "for_sale"}
+    ok = {**listings(ds.frame.head(1))[0], "state": "Vermont", "status": "for_sale"}
     resp = requests.post(f"{s.serve}/predict", json=make(ok), timeout=30)
     assert resp.status_code == 422, resp.text
     assert field in resp.json()["detail"]
@@ -170,12 +117,12 @@ def test_malformed_bodies_get_a_422_and_the_replica_keeps_serving(serving, body,
     s, ds = serving["s"], serving["ds"]
     resp = requests.post(f"{s.serve}/predict", data=body, headers={"Content-Type": "application/json"}, timeout=30)
     assert resp.status_code == 422 and words in resp.json()["detail"]
-    assert requests.post(f"{s.serve}/predict", json=_listings(ds.frame.head(1))[0], timeout=30).status_code == 200
+    assert requests.post(f"{s.serve}/predict", json=listings(ds.frame.head(1))[0], timeout=30).status_code == 200
 
 
 def test_an_oversized_list_is_refused(serving):
     s, ds = serving["s"], serving["ds"]
-    one = _listings(ds.frame.head(1))[0]
+    one = listings(ds.frame.head(1))[0]
     resp = requests.post(f"{s.serve}/predict", json={"listings": [one] * (s.serve_max_listings + 1)}, timeout=60)
     assert resp.status_code == 422 and "at most" in resp.json()["detail"]
 
@@ -195,7 +142,7 @@ def test_hot_swap_under_concurrent_load_fails_nothing(serving):
     every answer names a version, and the new one answers within 5 s of the alias moving."""
     s, ds = serving["s"], serving["ds"]
     v2 = register_ridge(s, ds, serving["arrays"], serving["features"], alpha=50.0)
-    listing = _listings(ds.frame[ds.test].head(1))[0]
+    listing = listings(ds.frame[ds.test].head(1))[0]
     results, stop = [], threading.Event()
 
     def client():
@@ -249,7 +196,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
     try:
         assert health["status"] == "degraded" and health["last_error"]["version"] == broken
         assert health["model_version"] == serving["v1"]
-        resp = requests.post(f"{s.serve}/predict", json=_listings(serving["ds"].frame.head(1))[0], timeout=30)
+        resp = requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
         assert resp.status_code == 200 and resp.json()["model_version"] == serving["v1"]
     finally:
         set_production(s, serving["v1"])
@@ -263,7 +210,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
 def test_prometheus_scrapes_the_serve_metrics(serving):
     s = serving["s"]
     for _ in range(5):
-        requests.post(f"{s.serve}/predict", json=_listings(serving["ds"].frame.head(1))[0], timeout=30)
+        requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
     wanted = {"ray_tasador_requests_total", "ray_tasador_request_latency_ms_bucket", "ray_tasador_model_version",
               "ray_tasador_model_rmse", "ray_tasador_batch_requests_bucket",
               "ray_tasador_model_load_failures_total"}
@@ -280,6 +227,20 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
     assert set(found) == wanted, f"missing: {wanted - set(found)}"
     versions = {r["value"][1] for r in found["ray_tasador_model_version"]}
     assert serving["v1"] in versions
+
+
+def test_the_grafana_dashboard_queries_metrics_the_running_app_exports(serving):
+    """Every ray_tasador_* metric of kuberay/grafana/tasador.json is on the Ray nodes' metrics endpoints
+    (found as Prometheus finds them: Ray's service-discovery file)."""
+    from cluster import ray_head
+    from tests.test_kuberay import dashboard_metrics
+
+    sd = json.loads((ray_head.temp_dir(serving["s"]) / "prom_metrics_service_discovery.json").read_text())
+    text = "\n".join(requests.get(f"http://{target}/metrics", timeout=10).text
+                     for group in sd for target in group["targets"])
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_tasador_")}
+    only_after_a_loss = {"ray_tasador_predictions_lost_total"}  # a counter appears at its first increment
+    assert dashboard_metrics() - only_after_a_loss <= exported, dashboard_metrics() - exported
 
 
 def test_the_prediction_log_keeps_rows_while_the_database_is_down_and_counts_what_it_drops(settings):

@@ -1,0 +1,86 @@
+"""DAG ``tasador_retraining``: one batch through the whole cycle per run, each step a Ray job.
+
+    ingest -> process -> decide -> branch -> train -> promote
+                                         \\-> skip_training
+
+Each task submits ``python -m jobs.<step>`` to the Ray cluster through Ray's Jobs REST API (the
+cluster's token; no Ray provider package: the maintained ones target hosted platforms and
+astro-provider-ray is deprecated), streams the job's logs into the task log, returns the job id and
+the job's JSON summary (XCom), and fails when the job fails. When the data API is exhausted, ingest
+is skipped and so is the rest: the run succeeds. The schedule, group and day come from the settings
+(``TASADOR_*``), as every component's do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+from airflow.sdk import dag, task
+
+from tasador.ray_jobs import submit, wait
+from tasador.settings import Settings
+
+SETTINGS = Settings.load()
+
+
+def run_step(step: str, *extra: str) -> dict:
+    """Submit the step's Ray job, stream its logs here, return what it did; raise if it failed."""
+    settings = Settings.load()  # at run time: the worker's environment
+    job_id = submit(settings, f"jobs.{step}", ["--group", str(settings.group), "--day", settings.day, *extra])
+    print(f"Ray job {job_id} submitted to {settings.ray_dashboard}: jobs.{step}", flush=True)
+    outcome = wait(settings, job_id, timeout_s=settings.airflow_job_timeout_s,
+                   echo=lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    if outcome.status != "SUCCEEDED":
+        raise RuntimeError(f"Ray job {job_id} (jobs.{step}) ended {outcome.status}")
+    return {"job_id": job_id, "summary": outcome.summary}
+
+
+@dag(dag_id="tasador_retraining", schedule=SETTINGS.airflow_schedule or None,
+     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False, max_active_runs=1,
+     default_args={"retries": SETTINGS.airflow_retries, "retry_delay": dt.timedelta(seconds=30)},
+     tags=["tasador", "ray"], doc_md=__doc__)
+def tasador_retraining():
+    @task
+    def ingest() -> dict:
+        from airflow.exceptions import AirflowSkipException
+
+        result = run_step("ingest")
+        if result["summary"].get("status") == "exhausted":
+            raise AirflowSkipException(result["summary"].get("message", "the data API has no more batches"))
+        return result
+
+    @task
+    def process(_ingested: dict) -> dict:
+        return run_step("process")
+
+    @task
+    def decide(_processed: dict) -> dict:
+        return run_step("decide")
+
+    @task.branch
+    def retrain_or_skip(decided: dict) -> str:
+        summary = decided["summary"]
+        reason = next((d.get("retrain_reason") for d in reversed(summary.get("decisions") or [])), "")
+        print(f"retrain: {summary.get('retrain')} ({reason})")
+        return "train" if summary.get("retrain") else "skip_training"
+
+    @task
+    def train() -> dict:
+        return run_step("train")
+
+    @task
+    def promote(_trained: dict) -> dict:
+        return run_step("promote")
+
+    @task
+    def skip_training() -> str:
+        return "no retraining: see the decide task's reason"
+
+    branch = retrain_or_skip(decide(process(ingest())))
+    trained = train()
+    branch >> [trained, skip_training()]
+    promote(trained)
+
+
+tasador_retraining()

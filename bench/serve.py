@@ -1,0 +1,182 @@
+"""Serving: the Ray Serve app (HAProxy ingress, @serve.batch) against a plain FastAPI + uvicorn app
+(one worker, ``bench.fastapi_baseline``) serving the same MLflow model version, same run.
+
+The model is the real pipeline (feature transformation + XGBoost booster) trained on the group's first
+batch. Load comes from ``wrk`` (a separate process, loopback only, bounded in time): single-row
+requests from 64 connections, then 1,000-listing requests from 8. Then the hot swap under the
+single-row load: a probe client times each request and reads its version while the production alias
+moves; wrk counts failures. Figures: req/s, p50/p99 latency, rows/s, failed requests, swap delay,
+slowest probe request during the swap.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import requests
+
+from bench.common import parser, private_stack, report
+from cluster import processes
+from tasador import registry, training
+from tasador.features import PriceModel
+from tasador.ingest import ingest_next
+from tasador.models import SEARCH_SPACE, fit_steps
+from tasador.processing import process_pending
+from tasador.promotion import load_model
+from tasador.ray_jobs import use_cluster_auth
+from tasador.registry import PRODUCTION
+from tasador.schema import FEATURES
+
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("{body}"):read("*a")
+"""
+
+
+def wrk(url: str, body: str, connections: int, seconds: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file, script = os.path.join(tmp, "body.json"), os.path.join(tmp, "post.lua")
+        with open(body_file, "w") as f:
+            f.write(body)
+        with open(script, "w") as f:
+            f.write(LUA.format(body=body_file))
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
+                              "-s", script, url], capture_output=True, text=True, check=True).stdout
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": ms("50"),
+            "p99_ms": ms("99"), "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "failed": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)}
+
+
+def trained_model(settings) -> str:
+    """Ingest and process the group's first batch, fit the real pipeline with XGBoost, make it production."""
+    import logging
+
+    import ray
+
+    ray.init(address=f"127.0.0.1:{settings.ray_gcs_port}", logging_level=logging.WARNING)
+    ingest_next(settings, 1, "bench")
+    process_pending(settings, 1, "bench")
+    ds = training.load_dataset(settings)
+    features, arrays = training.prepare(ds)
+    config = {"family": "xgboost", **SEARCH_SPACE["xgboost"][0]}
+    *_, (_, booster) = fit_steps(config, arrays["X_train"], arrays["y_train"], threads=os.cpu_count())
+    version = register(settings, PriceModel(features, booster, "xgboost"), ds)
+    registry.mlflow_client(settings).set_registered_model_alias(settings.model_name, PRODUCTION, version)
+    return version, ds
+
+
+def register(settings, model, ds) -> str:
+    import mlflow
+
+    client = registry.mlflow_client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.mlflow_experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="bench-serve") as run:
+        pass
+    return training.register(settings, model, run.info.run_id, ds, {"rmse": 1.0}, {}, {"batch_ids": "[]"})
+
+
+def wait_version(url: str, version: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=5).json().get("model_version") == version:
+                return
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} never served v{version}")
+
+
+def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
+    """wrk's single-row load for ``seconds``; the alias moves halfway; a probe times each request."""
+    url = settings.serve
+    probe, stop = [], threading.Event()
+
+    def run_probe():
+        with requests.Session() as s:
+            while not stop.is_set():
+                started = time.monotonic()
+                resp = s.post(f"{url}/predict", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+                probe.append((started, time.monotonic() - started, resp.status_code,
+                              resp.json().get("model_version") if resp.ok else None))
+
+    load = {}
+    loader = threading.Thread(target=lambda: load.update(wrk(f"{url}/predict", body, 64, seconds)))
+    loader.start()
+    probe_thread = threading.Thread(target=run_probe)
+    probe_thread.start()
+    time.sleep(seconds / 2)
+    moved = time.monotonic()
+    registry.mlflow_client(settings).set_registered_model_alias(settings.model_name, PRODUCTION, new_version)
+    loader.join()
+    stop.set()
+    probe_thread.join()
+    switched = min((t + d for t, d, _, v in probe if v == new_version), default=None)
+    around = [d for t, d, _, _ in probe if switched and moved - 1 <= t <= switched + 1]
+    return {"swap_failed_requests": load["failed"] + sum(1 for p in probe if p[2] != 200),
+            "swap_load_requests": load["requests"] + len(probe),
+            "swap_delay_s": round(switched - moved, 3) if switched else None,
+            "swap_slowest_probe_ms": round(max(around) * 1000, 1) if around else None,
+            "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench.serve needs wrk (apt-get install wrk)")
+    seconds = 5 if args.quick else 15
+    with private_stack(0.02 if args.quick else 0.1) as settings:
+        use_cluster_auth(settings)
+        version, ds = trained_model(settings)
+        wait_version(settings.serve, version)
+        frame = ds.frame[ds.test][list(FEATURES)]
+        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        one, thousand = json.dumps(rows[0]), json.dumps({"listings": (rows * 1000)[:1000]})
+
+        port = processes.free_port()
+        env = {**settings.as_env(), "MODEL_VERSION": version}
+        base_pid = processes.spawn([sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host",
+                                    "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"],
+                                   settings.state_path / "logs" / "fastapi-baseline.log", env=env)
+        baseline = f"http://127.0.0.1:{port}"
+        try:
+            wait_version(baseline, version)
+            result = {}
+            for name, url in (("serve", settings.serve), ("fastapi", baseline)):
+                wrk(f"{url}/predict", one, 64, 3)  # warm-up
+                single = wrk(f"{url}/predict", one, 64, seconds)
+                batch = wrk(f"{url}/predict", thousand, 8, seconds)
+                result.update({f"{name}_single_{k}": v for k, v in single.items()})
+                result[f"{name}_1000_rows_s"] = round(batch["req_s"] * 1000)
+                result[f"{name}_1000_p99_ms"] = batch["p99_ms"]
+                result[f"{name}_1000_failed"] = batch["failed"]
+        finally:
+            processes.stop_pid(base_pid)
+        result["single_req_s_ratio"] = round(result["serve_single_req_s"] / result["fastapi_single_req_s"], 2)
+        result["single_p99_ratio"] = round(result["serve_single_p99_ms"] / result["fastapi_single_p99_ms"], 2)
+        result["rows_s_ratio_1000"] = round(result["serve_1000_rows_s"] / result["fastapi_1000_rows_s"], 2)
+        new_version = register(settings, load_model(settings, version), ds)  # the same model, a new version
+        result.update(hot_swap(settings, one, new_version, seconds=20 if not args.quick else 10))
+        result["model_version"] = version
+        import ray
+
+        ray.shutdown()  # before the stack goes down
+        report(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Shared by the tests that need a served model: a small registered Ridge pipeline under a test's own
+registered-model name, the Serve app redeployed to follow it, and listings as a client sends them."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import requests
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cluster import serve
+from tasador import ray_jobs, registry, training
+from tasador.features import PriceModel
+from tasador.registry import PRODUCTION
+from tasador.schema import FEATURES
+
+
+def listings(frame) -> list[dict]:
+    """Rows as a client sends them: JSON values, missing as null."""
+    features = frame[list(FEATURES)]
+    return features.astype(object).where(features.notna(), None).to_dict("records")
+
+
+def register_ridge(s, ds, arrays, features, alpha: float) -> str:
+    import mlflow
+
+    model = PriceModel(features, make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(
+        arrays["X_train"], arrays["y_train"]), "ridge")
+    client = registry.mlflow_client(s)
+    experiment = client.get_experiment_by_name(s.mlflow_experiment) or client.get_experiment(
+        client.create_experiment(s.mlflow_experiment))
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"serve-test-ridge-{alpha}") as run_:
+        pass
+    pred = model.predict_log(ds.frame[ds.test][list(FEATURES)])
+    rmse = float(np.sqrt(np.mean((np.exp(pred) - ds.frame[ds.test]["price"].to_numpy()) ** 2)))
+    return training.register(s, model, run_.info.run_id, ds, {"rmse": rmse}, {"alpha": alpha},
+                             {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame))})
+
+
+def set_production(s, version: str) -> None:
+    registry.mlflow_client(s).set_registered_model_alias(s.model_name, PRODUCTION, version)
+
+
+def wait_for_version(s, version: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        resp = requests.get(f"{s.serve}/health", timeout=5)
+        if resp.json().get("model_version") == version:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"Serve did not switch to v{version}: {resp.json()}")
+
+
+@contextmanager
+def serving_model(settings, model_name: str, group: int):
+    """Ingest and process the group's first batch, deploy Serve following ``model_name``, register a
+    Ridge version and make it production. Restores the stack's Serve app afterwards."""
+    s = serve.with_admin_token(settings.replace(model_name=model_name))
+    for job in ("jobs.ingest", "jobs.process", "jobs.decide"):
+        outcome = ray_jobs.run(settings, job, ["--group", str(group), "--day", "Monday"], timeout_s=600)
+        assert outcome.status == "SUCCEEDED", outcome.logs[-3000:]
+        if job == "jobs.process":
+            batch_id = outcome.summary["batches"][0]["batch_id"]
+    serve.deploy(s)
+    assert requests.get(f"{s.serve}/health", timeout=5).status_code == 503  # no model under this name yet
+    ds = training.load_dataset(s, [batch_id])
+    features, arrays = training.prepare(ds)
+    v1 = register_ridge(s, ds, arrays, features, alpha=1.0)
+    set_production(s, v1)
+    wait_for_version(s, v1)
+    try:
+        yield {"s": s, "ds": ds, "features": features, "arrays": arrays, "v1": v1, "batch_id": batch_id}
+    finally:
+        set_production(s, v1)
+        serve.deploy(serve.with_admin_token(settings))

@@ -1,0 +1,138 @@
+"""The Dash app in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no
+browser download) against the real stack: Serve over HTTP, the MLflow registry, PostgreSQL and
+Prometheus. The app runs as ``tasador up`` runs it, following this module's registered-model name.
+
+TASADOR_SCREENSHOTS=docs/screenshots writes a screenshot of each page there (README links them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from cluster import processes
+from tasador.promotion import promote
+from tests.serving import listings, register_ridge, serving_model
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+GROUP = 44
+
+
+@pytest.fixture(scope="module")
+def app(settings):
+    with serving_model(settings, "tasador-dash-test", GROUP) as ctx:
+        s = ctx["s"].replace(dash_port=processes.free_port())
+        ctx["s"] = s
+        worse = register_ridge(s, ctx["ds"], ctx["arrays"], ctx["features"], alpha=1e9)
+        ctx["rejected"] = promote(s, worse)
+        pid = processes.spawn([sys.executable, "-m", "dashboard.app"], s.state_path / "logs" / "dash-test.log",
+                              env=s.as_env())
+        url = f"http://127.0.0.1:{s.dash_port}"
+        try:
+            processes.wait_http(f"{url}/health", 60, pid=pid)
+            yield {**ctx, "url": url}
+        finally:
+            processes.stop_pid(pid)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield page
+    page.close()
+
+
+def screenshot(page, name: str) -> None:
+    target = os.environ.get("TASADOR_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=True)
+
+
+def test_predict_form_gives_a_price_with_its_version_and_contributions(app, page):
+    page.goto(app["url"] + "/")
+    page.fill("#in-bed", "4")
+    page.click("#predict-button")
+    page.wait_for_selector("#price", timeout=30_000)
+    assert page.inner_text("#price").startswith("$")
+    assert page.inner_text("#model-version") == app["v1"]
+    assert page.inner_text("#model-name") == "tasador-dash-test"
+    page.wait_for_selector("#contributions .bars, #contributions g.trace", timeout=30_000)
+    assert "Bedrooms" in page.inner_text("#contributions")
+    screenshot(page, "predict")
+
+
+def test_predict_form_shows_the_validation_message_naming_the_field(app, page):
+    page.goto(app["url"] + "/")
+    page.fill("#in-house_size", "5")
+    page.click("#predict-button")
+    page.wait_for_selector("#predict-error", timeout=30_000)
+    assert "house_size" in page.inner_text("#predict-error")
+
+
+def test_models_page_lists_versions_with_their_reasons(app, page):
+    page.goto(app["url"] + "/models")
+    page.wait_for_selector("#versions-table", timeout=30_000)
+    text = page.inner_text("#versions-table")
+    assert "★ production" in text and "rejected" in text
+    assert app["rejected"]["reason"][:40] in text
+    rows = page.locator("#versions-table tr.data-row")
+    assert rows.count() == 2
+    page.wait_for_selector("#metrics-chart g.trace", timeout=30_000)
+    screenshot(page, "models")
+
+
+def test_monitoring_page_shows_serve_metrics_after_some_requests(app, page):
+    s = app["s"]
+    one = listings(app["ds"].frame.head(1))[0]
+    for _ in range(20):
+        assert requests.post(f"{s.serve}/predict", json=one, timeout=30).ok
+    page.goto(app["url"] + "/monitoring")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # Ray exports every few seconds; Prometheus scrapes every 5 s
+        page.wait_for_selector("#monitoring-graphs, #monitoring-message", timeout=30_000)
+        if page.locator("#monitoring-graphs").count():
+            break
+        time.sleep(5)
+        page.reload()
+    assert page.locator("#monitoring-graphs .monitoring-graph").count() >= 5, page.inner_text("#page")
+    assert "request rate" in page.inner_text("#monitoring-graphs")
+    screenshot(page, "monitoring")
+
+
+def test_data_page_shows_batches_and_the_drift_of_one(app, page):
+    page.goto(app["url"] + "/data")
+    page.wait_for_selector("#batches-table", timeout=30_000)
+    assert page.locator("#batches-table tr.data-row").count() >= 1
+    page.wait_for_selector("#drift-table", timeout=30_000)
+    drift = page.inner_text("#drift-table")
+    assert "price" in drift and "state" in drift
+    assert page.inner_text("#drift-reason").startswith("Decision:")
+    screenshot(page, "data")
+
+
+def test_the_app_imports_nothing_from_serve_app_or_jobs():
+    import ast
+
+    for path in Path(__file__).resolve().parent.parent.joinpath("dashboard").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("serve_app", "jobs") for n in names), (path, names)

@@ -1,0 +1,181 @@
+"""The Kubernetes delivery, checked without a cluster (none can run here): every manifest parses, kinds
+and apiVersions are the ones KubeRay 1.x and Kubernetes define, import paths and job entrypoints name
+modules that exist, ports/names/env vars agree with the local settings and Serve config, and the
+Grafana dashboard is valid JSON whose Prometheus queries name metrics the Serve app exports (the
+check against a running Serve's endpoint is in test_serve.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve_app.metrics import EXPORTED
+from tasador.settings import PREFIX, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+KUBERAY = REPO / "kuberay"
+KNOWN_KINDS = {
+    ("v1", "Namespace"), ("v1", "ConfigMap"), ("v1", "Service"), ("v1", "ServiceAccount"),
+    ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("batch/v1", "Job"),
+    ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
+    ("argoproj.io/v1alpha1", "Application"),
+}
+
+
+def manifests() -> list[dict]:
+    kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
+    return docs
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [d for d in manifests() if d["kind"] == kind]
+
+
+def containers(doc: dict) -> list[dict]:
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "containers" in node and isinstance(node["containers"], list):
+                found.extend(node["containers"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    return found
+
+
+def module_exists(dotted: str) -> bool:
+    return importlib.util.find_spec(dotted) is not None
+
+
+def test_every_yaml_parses_and_every_kind_is_known():
+    files = sorted(KUBERAY.rglob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and "kind" in doc and path.name != "kustomization.yaml" and "airflow" not in path.parts:
+                assert (doc["apiVersion"], doc["kind"]) in KNOWN_KINDS, f"{path.name}: {doc['kind']}"
+    argo = yaml.safe_load((KUBERAY / "argocd-application.yaml").read_text())
+    assert argo["spec"]["source"]["path"] == "kuberay"
+
+
+def test_the_kustomization_lists_every_manifest_and_the_dashboard_file():
+    kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in KUBERAY.glob("*.yaml")} - {"kustomization.yaml", "argocd-application.yaml"}
+    assert listed == on_disk
+    for generator in kustomization["configMapGenerator"]:
+        for f in generator["files"]:
+            assert (KUBERAY / f).is_file()
+
+
+def test_the_rayservice_serves_the_same_application_as_the_local_config():
+    local = yaml.safe_load((REPO / "serve_app" / "config.yaml").read_text())
+    (service,) = by_kind("RayService")
+    remote = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert remote["applications"] == local["applications"]
+    assert remote["http_options"]["port"] == local["http_options"]["port"] == Settings().serve_port
+    module, _, attr = remote["applications"][0]["import_path"].partition(":")
+    assert module_exists(module)
+    import serve_app.app as app_module
+
+    assert hasattr(app_module, attr)
+    names = {d["name"] for d in remote["applications"][0]["deployments"]}
+    from serve_app.app import PriceApi
+    from serve_app.model import PriceModelServer
+
+    assert names == {PriceApi.name, PriceModelServer.name}
+    assert service["spec"]["upgradeStrategy"]["type"] in ("NewCluster", "NewClusterWithIncrementalUpgrade", "None")
+    for container in containers(service):
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+
+
+def test_rayjob_entrypoints_name_job_modules_that_exist_on_the_jobs_cluster():
+    (cluster,) = by_kind("RayCluster")
+    jobs = by_kind("RayJob")
+    assert {j["metadata"]["name"] for j in jobs} >= {f"tasador-{s}" for s in
+                                                     ("ingest", "process", "decide", "train", "promote")}
+    for job in jobs:
+        module = re.match(r"python -m ([\w.]+)", job["spec"]["entrypoint"]).group(1)
+        assert module_exists(module), module
+        assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    worker = cluster["spec"]["workerGroupSpecs"][0]
+    assert worker["minReplicas"] <= worker["replicas"] <= worker["maxReplicas"]
+
+
+def test_env_vars_are_settings_and_services_match_the_urls():
+    settings_names = {PREFIX + f.name.upper() for f in fields(Settings)}
+    (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
+    tasador_vars = {k for k in config["data"] if k.startswith(PREFIX)}
+    assert tasador_vars <= settings_names, tasador_vars - settings_names
+    loaded = Settings.load(env=config["data"], dotenv="/nonexistent")
+    services = {d["metadata"]["name"]: d for d in by_kind("Service")}
+    for url in (loaded.raw_db, loaded.clean_db, loaded.mlflow_db, loaded.mlflow_uri, loaded.prometheus):
+        host, port = re.match(r"\w+://(?:\w+@)?([\w-]+):(\d+)", url).groups()
+        assert host in services, url
+        assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}, url
+    (cluster,) = by_kind("RayCluster")
+    assert loaded.ray_dashboard == f"http://{cluster['metadata']['name']}-head-svc:8265"
+    for doc in manifests():
+        for container in containers(doc):
+            for ref in container.get("envFrom", []):
+                name = (ref.get("configMapRef") or ref.get("secretRef"))["name"]
+                assert name in ("tasador-settings", "tasador-secrets")
+
+
+def test_postgres_creates_the_three_databases_and_minio_the_bucket():
+    (init,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "postgres-init"]
+    sql = init["data"]["databases.sql"]
+    for database in ("raw_data", "clean_data", "mlflow"):
+        assert f"CREATE DATABASE {database}" in sql
+    (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
+    bucket = config["data"]["TASADOR_MLFLOW_ARTIFACTS"].removeprefix("s3://").split("/")[0]
+    (job,) = by_kind("Job")
+    script = " ".join(containers(job)[0]["args"])
+    assert f"mc mb --ignore-existing tasador/{bucket}" in script
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((KUBERAY / "grafana" / "tasador.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "expr" in t]
+
+
+def dashboard_metrics() -> set[str]:
+    return {m for q in dashboard_queries() for m in re.findall(r"\bray_tasador_\w+", q)}
+
+
+def test_the_grafana_dashboard_queries_metrics_the_app_exports():
+    names = dashboard_metrics()
+    assert len(dashboard_queries()) >= 8
+    exported = set(EXPORTED.values())
+    histograms = {f"{n}_bucket" for n in exported}
+    assert names <= exported | histograms, names - exported - histograms
+    for wanted in ("requests", "latency", "errors", "model_version", "model_rmse"):
+        assert any(EXPORTED[wanted] in n for n in names), wanted
+
+
+@pytest.mark.parametrize("path", [".github/workflows/ci.yaml"])
+def test_the_ci_workflow_runs_the_readme_test_command_and_pushes_an_image_per_commit(path):
+    workflow = yaml.safe_load((REPO / path).read_text())
+    steps = [s for job in workflow["jobs"].values() for s in job["steps"]]
+    assert any(s.get("run") == "bash .ci/run" for s in steps)
+    pushes = [s for s in steps if "build-push-action" in s.get("uses", "")]
+    assert pushes and "${{ github.sha }}" in pushes[0]["with"]["tags"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311", dockerfile, re.M)
