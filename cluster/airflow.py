@@ -10,6 +10,7 @@ Metadata in the stack's PostgreSQL (``airflow`` database); the DAGs folder is ``
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 from pathlib import Path
 
@@ -50,11 +51,18 @@ def migrate(settings: Settings) -> None:
         raise RuntimeError(f"airflow db migrate failed: {done.stderr[-3000:]}")
 
 
-def dags_test(settings: Settings, logical_date: dt.datetime | None = None,
-              timeout_s: float = 7200) -> subprocess.CompletedProcess:
-    """One run of the retraining DAG, in this process's foreground (its task logs on stdout)."""
-    when = (logical_date or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-    return airflow(settings, "dags", "test", DAG_ID, when, timeout_s=timeout_s)
+def dags_test(settings: Settings, timeout_s: float = 7200) -> tuple[str, str]:
+    """One run of the retraining DAG in the foreground (``airflow dags test``). Returns the run's
+    state as Airflow recorded it ("success", "failed") and the run's output (every task's log)."""
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    done = airflow(settings, "dags", "test", DAG_ID, when.isoformat(), timeout_s=timeout_s)
+    output = done.stdout + done.stderr
+    listed = airflow(settings, "dags", "list-runs", DAG_ID, "-o", "json")
+    runs = json.loads(listed.stdout.strip().splitlines()[-1]) if listed.returncode == 0 else []
+    state = next((r["state"] for r in runs if dt.datetime.fromisoformat(r["logical_date"]) == when), None)
+    if done.returncode != 0 or state is None:
+        state = "failed"
+    return state, output
 
 
 def start(settings: Settings) -> int:

@@ -61,10 +61,10 @@ def through_airflow(settings: Settings) -> None:
     while True:
         before = len(decisions.batch_report(settings, settings.group, settings.day))
         print(f"batch {before + 1}: airflow dags test {airflow.DAG_ID}", flush=True)
-        done = airflow.dags_test(settings)
-        if done.returncode != 0:
-            sys.stderr.write(done.stdout[-5000:] + done.stderr[-5000:])
-            raise JobFailed(f"the Airflow run of {airflow.DAG_ID} failed (exit {done.returncode})")
+        state, output = airflow.dags_test(settings)
+        if state != "success":
+            sys.stderr.write(output[-8000:])
+            raise JobFailed(f"the Airflow run of {airflow.DAG_ID} ended {state}")
         if len(decisions.batch_report(settings, settings.group, settings.day)) == before:
             return
 

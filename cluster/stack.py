@@ -20,6 +20,13 @@ ORDER = ("postgres", "mlflow", "ray_head", "data_api", "serve", "prometheus", "d
 IN_RAY = ("serve",)  # lives in the Ray cluster: no PID of its own, stopped with the Ray head
 
 
+def components(settings: Settings) -> tuple[str, ...]:
+    """What ``up`` starts with these settings on this machine (Prometheus and Airflow when installed)."""
+    optional = {"prometheus": prometheus.binary() is not None,
+                "airflow": settings.airflow_server and airflow.available()}
+    return tuple(name for name in ORDER if optional.get(name, True))
+
+
 def up(settings: Settings, scale: float | None = None) -> dict:
     state = settings.state_path
     state.mkdir(parents=True, exist_ok=True)
@@ -92,7 +99,7 @@ def down(settings: Settings) -> list[str]:
 def status(settings: Settings) -> dict:
     registry = processes.load_registry(settings.state_path)
     report = {}
-    for name in ORDER:
+    for name in components(settings):
         info = registry.get(name)
         if not info:
             report[name] = {"state": "not started"}

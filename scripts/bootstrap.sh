@@ -24,6 +24,12 @@ if ! command -v prometheus >/dev/null 2>&1; then
   apt_install prometheus
 fi
 
+# The web app's tests drive Debian's Chromium (scripts/test.sh asks for it)
+if [ "${TASADOR_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "bootstrap: installing Chromium"
+  apt_install chromium
+fi
+
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then

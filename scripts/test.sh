@@ -3,6 +3,6 @@
 # a Ray cluster, HTTP servers) that the tests start themselves on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+TASADOR_BROWSER=1 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -p no:dash "$@"

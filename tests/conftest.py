@@ -58,4 +58,4 @@ def group(request) -> int:
 
 
 def registry_pids(s: Settings) -> dict[str, int]:
-    return {name: info["pid"] for name, info in processes.load_registry(s.state_path).items()}
+    return {name: info["pid"] for name, info in processes.load_registry(s.state_path).items() if info.get("pid")}

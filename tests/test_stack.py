@@ -12,7 +12,7 @@ from tests.conftest import fresh_settings, registry_pids
 
 def test_status_reports_every_component_running(settings):
     report = stack.status(settings)
-    assert {name: c["state"] for name, c in report.items()} == {n: "running" for n in stack.ORDER}
+    assert {name: c["state"] for name, c in report.items()} == {n: "running" for n in stack.components(settings)}
 
 
 def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
@@ -25,7 +25,7 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
         tree = {pid: processes.descendants(pid) for pid in pids.values()}
         stack.up(s)  # a second up starts nothing new
         assert registry_pids(s) == pids
-        assert sorted(stack.down(s)) == sorted(stack.ORDER)
+        assert sorted(stack.down(s)) == sorted(stack.components(s))
         for name, pid in pids.items():
             assert not processes.alive(pid), f"{name} ({pid}) still running after down"
             assert not [p for p in tree[pid] if processes.alive(p)], f"children of {name} left running"
