@@ -24,7 +24,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
 def private_stack(scale: float) -> Iterator[Settings]:
     with tempfile.TemporaryDirectory(prefix="tasador-bench-") as tmp:
         os.chmod(tmp, 0o755)
-        settings = stack.isolated_settings(os.path.join(tmp, "state"), data_api_scale=scale)
+        settings = stack.isolated_settings(os.path.join(tmp, "state"), data_api_scale=scale, airflow_server=False)
         try:
             stack.up(settings)
             yield settings

@@ -88,7 +88,7 @@ def models_page():
     figure = go.Figure([go.Scatter(x=[int(v["version"]) for v in vs], y=[v["rmse"] for v in vs], mode="markers+lines",
                                    name=family) for family, vs in by_family.items()])
     figure.update_layout(title="Held-out RMSE ($) by version", xaxis_title="version", yaxis_title="RMSE ($)",
-                         height=320, margin={"t": 40})
+                         height=320, margin={"t": 40}, xaxis={"tickformat": ",d"})
     columns = ["version", "status", "family", "rmse", "mae", "r2", "mape", "rows", "batch_ids", "created",
                "promotion_reason", "trigger_reason"]
     return html.Div([dcc.Graph(figure=figure, id="metrics-chart"),
@@ -162,9 +162,11 @@ def monitoring(_):
     graphs = []
     for name, points in series.items():
         figure = go.Figure(go.Scatter(x=[dt.datetime.fromtimestamp(t) for t, _ in points], y=[v for _, v in points],
-                                      mode="lines"))
-        figure.update_layout(title=name, height=220, margin={"t": 36, "b": 24})
-        graphs.append(dcc.Graph(figure=figure, className="monitoring-graph"))
+                                      mode="lines+markers", marker={"size": 3}))
+        figure.update_layout(title=name if points else f"{name}: no data in the last 30 minutes", height=220,
+                             margin={"t": 36, "b": 24})
+        graphs.append(dcc.Graph(figure=figure, id=f"series-{len(graphs)}",
+                                className="monitoring-graph" + (" has-data" if points else "")))
     return html.Div(graphs, id="monitoring-graphs", style={"display": "grid", "gridTemplateColumns": "1fr 1fr"})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from cluster import processes
+from tasador import ray_jobs
 from tasador.promotion import promote
 from tests.serving import listings, register_ridge, serving_model
 
@@ -32,6 +34,8 @@ def app(settings):
         ctx["s"] = s
         worse = register_ridge(s, ctx["ds"], ctx["arrays"], ctx["features"], alpha=1e9)
         ctx["rejected"] = promote(s, worse)
+        for job in ("jobs.ingest", "jobs.process", "jobs.decide"):  # a batch judged against production's data
+            assert ray_jobs.run(s, job, ["--group", str(GROUP), "--day", "Monday"]).status == "SUCCEEDED"
         pid = processes.spawn([sys.executable, "-m", "dashboard.app"], s.state_path / "logs" / "dash-test.log",
                               env=s.as_env())
         url = f"http://127.0.0.1:{s.dash_port}"
@@ -100,20 +104,35 @@ def test_models_page_lists_versions_with_their_reasons(app, page):
 
 
 def test_monitoring_page_shows_serve_metrics_after_some_requests(app, page):
+    """Requests for as long as it takes Ray to export and Prometheus to scrape twice (a rate needs two
+    samples); the page then plots the request rate and latency of /predict."""
     s = app["s"]
     one = listings(app["ds"].frame.head(1))[0]
-    for _ in range(20):
-        assert requests.post(f"{s.serve}/predict", json=one, timeout=30).ok
-    page.goto(app["url"] + "/monitoring")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # Ray exports every few seconds; Prometheus scrapes every 5 s
-        page.wait_for_selector("#monitoring-graphs, #monitoring-message", timeout=30_000)
-        if page.locator("#monitoring-graphs").count():
-            break
-        time.sleep(5)
-        page.reload()
-    assert page.locator("#monitoring-graphs .monitoring-graph").count() >= 5, page.inner_text("#page")
-    assert "request rate" in page.inner_text("#monitoring-graphs")
+    stop = threading.Event()
+
+    def load():
+        with requests.Session() as session:
+            while not stop.is_set():
+                assert session.post(f"{s.serve}/predict", json=one, timeout=30).ok
+                time.sleep(0.1)
+
+    sender = threading.Thread(target=load, daemon=True)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 120
+        page.goto(app["url"] + "/monitoring")
+        while time.monotonic() < deadline:
+            page.wait_for_selector("#monitoring-graphs, #monitoring-message", timeout=30_000)
+            if page.locator("#series-0.has-data").count() and page.locator("#series-3.has-data").count():
+                break
+            time.sleep(5)
+            page.reload()
+    finally:
+        stop.set()
+        sender.join()
+    assert page.locator("#series-0.has-data").count() == 1, page.inner_text("#page")[:2000]
+    assert page.locator("#series-3.has-data").count() == 1  # p99 latency
+    assert "request rate" in page.inner_text("#series-0")
     screenshot(page, "monitoring")
 
 
