@@ -175,7 +175,9 @@ def test_hot_swap_under_concurrent_load_fails_nothing(serving):
     assert {r[3] for r in results} == {serving["v1"], v2}
     first_new = min(r[0] + r[1] for r in results if r[3] == v2)
     assert first_new - moved < 5.0
-    assert all(r[3] == v2 for r in results if r[0] > first_new + 0.5)  # no flapping back
+    # every replica follows the alias on its own: every request sent 5 s after the move gets the new one
+    late = [r for r in results if r[0] > moved + 5.0]
+    assert late and all(r[3] == v2 for r in late)
     assert len(results) > 50
 
 
@@ -193,6 +195,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
         if health.get("last_error"):
             break
         time.sleep(0.3)
+    time.sleep(2 * s.serve_poll_s)  # the other replica has tried and refused it too
     try:
         assert health["status"] == "degraded" and health["last_error"]["version"] == broken
         assert health["model_version"] == serving["v1"]
@@ -200,10 +203,8 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
         assert resp.status_code == 200 and resp.json()["model_version"] == serving["v1"]
     finally:
         set_production(s, serving["v1"])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and requests.get(f"{s.serve}/health", timeout=5).json()["status"] != "ok":
-        time.sleep(0.3)
-    assert requests.get(f"{s.serve}/health", timeout=5).json()["status"] == "ok"
+    time.sleep(3 * s.serve_poll_s)  # every replica sees the alias back on the working version
+    assert {requests.get(f"{s.serve}/health", timeout=5).json()["status"] for _ in range(8)} == {"ok"}
 
 
 @pytest.mark.skipif(prometheus.binary() is None, reason="Debian's prometheus package is not installed")
