@@ -5,7 +5,6 @@ schema, then prices each request on its own (no batching across requests).
 Run: ``TASADOR_... MODEL_VERSION=3 uvicorn bench.fastapi_baseline:app --port P``.
 """
 
-import json
 import os
 
 import pandas as pd
@@ -37,4 +36,4 @@ async def predict(request: Request):
 
 @app.get("/health")
 async def health():
-    return {"status": "ok", "model_version": version, "body": json.dumps(None)}
+    return {"status": "ok", "model_version": version}

@@ -39,6 +39,8 @@ def config(settings: Settings) -> dict:
 
 
 def _headers(settings: Settings) -> dict:
+    # the stack deploys to the cluster it started: that cluster's token file, whatever token this
+    # process's environment holds for another cluster (tasador.ray_jobs.token prefers the environment)
     return {"Authorization": f"Bearer {token_path(settings).read_text().strip()}"}
 
 
