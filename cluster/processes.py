@@ -148,27 +148,44 @@ def wait_http(url: str, timeout_s: float, headers: dict | None = None, pid: int 
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s (last: {last})")
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports handed out by this process: two stacks made by one test session never share one.
+_HANDED_OUT: set[int] = set()
+
+
+def _assignable_ports() -> range:
+    """Ports nothing takes on its own: below the kernel's ephemeral range (outgoing connections
+    take those at any time, so a port merely free when chosen could be gone when bound) and above
+    Ray's default worker ports (10002-19999)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(20000, max(low, 24000))
 
 
 def free_block(size: int) -> int:
-    """The first of ``size`` consecutive free loopback ports (a Ray head uses a block)."""
-    for _ in range(200):
-        base = random.randrange(21000, 45000)
-        socks = []
-        try:
-            for p in range(base, base + size):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
+    """The first of ``size`` consecutive loopback ports that are free, outside the ephemeral range,
+    and not handed out before by this process (a Ray head uses a block)."""
+    ports = _assignable_ports()
+    for _ in range(500):
+        base = random.randrange(ports.start, ports.stop - size)
+        block = range(base, base + size)
+        if _HANDED_OUT.intersection(block) or not all(_bindable(p) for p in block):
             continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {size} free ports found")
+        _HANDED_OUT.update(block)
+        return base
+    raise RuntimeError(f"no block of {size} free ports found in {ports.start}-{ports.stop - 1}")
+
+
+def free_port() -> int:
+    """A free loopback port (see ``free_block``)."""
+    return free_block(1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -34,3 +34,17 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
     finally:
         stack.down(s)
         bystander.kill()
+
+
+def test_private_stack_ports_are_distinct_and_outside_the_ephemeral_range(tmp_path):
+    """Ports chosen for test stacks must not be taken by outgoing connections before they are bound
+    (a CI run lost Dash's port that way), nor repeat between two stacks of one session."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    first, second = (stack.isolated_settings(str(tmp_path / n)) for n in ("a", "b"))
+    ports = []
+    for s in (first, second):
+        ports += [s.pg_port, s.data_api_port, s.ray_dashboard_port, s.ray_client_port, s.ray_metrics_port,
+                  s.mlflow_port, s.serve_port, s.prometheus_port, s.dash_port, s.airflow_port,
+                  *range(s.ray_gcs_port, s.ray_gcs_port + 210)]
+    assert len(ports) == len(set(ports))
+    assert max(ports) < low
