@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # start order; stopped in reverse
 ORDER = ("postgres", "mlflow", "ray_head", "data_api", "serve", "prometheus", "dash", "airflow")
 IN_RAY = ("serve",)  # lives in the Ray cluster: no PID of its own, stopped with the Ray head
+TRAINING = ("postgres", "mlflow", "ray_head", "data_api")  # what the pipeline's jobs need (no serving, UI)
 
 
 def components(settings: Settings) -> tuple[str, ...]:
@@ -27,28 +28,33 @@ def components(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name in ORDER if optional.get(name, True))
 
 
-def up(settings: Settings, scale: float | None = None) -> dict:
+def up(settings: Settings, scale: float | None = None, only: tuple[str, ...] | None = None) -> dict:
+    """Start every component (``only``: just those of them) that is not running yet."""
+    wanted = set(only or ORDER)
     state = settings.state_path
     state.mkdir(parents=True, exist_ok=True)
     if scale is not None:
         settings = settings.replace(data_api_scale=scale)
     registry = processes.load_registry(state)
 
-    if settings.pg_local:
+    def needed(name: str) -> bool:
+        return name in wanted and not processes.alive(registry.get(name, {}).get("pid"))
+
+    if settings.pg_local and "postgres" in wanted:
         pid = postgres.start(settings)
         processes.record(state, "postgres", pid=pid, url=f"postgresql://{settings.pg_host}:{settings.pg_port}")
     db.create_all_tables(settings)
 
-    if not processes.alive(registry.get("mlflow", {}).get("pid")):
+    if needed("mlflow"):
         pid = mlflow_server.start(settings)
         processes.record(state, "mlflow", pid=pid, url=settings.mlflow_uri,
                          artifacts=settings.mlflow_artifacts_destination)
 
-    if not processes.alive(registry.get("ray_head", {}).get("pid")):
+    if needed("ray_head"):
         pid = ray_head.start(settings)
         processes.record(state, "ray_head", pid=pid, url=settings.ray_dashboard)
 
-    if not processes.alive(registry.get("data_api", {}).get("pid")):
+    if needed("data_api"):
         cmd = [sys.executable, "-m", "cluster.cli", "data-api", "--host", settings.data_api_host,
                "--port", str(settings.data_api_port), "--scale", str(settings.data_api_scale),
                "--seed", str(settings.data_api_seed)]
@@ -58,22 +64,22 @@ def up(settings: Settings, scale: float | None = None) -> dict:
         processes.wait_http(f"{settings.data_api}/health", 60, pid=pid)
         processes.record(state, "data_api", pid=pid, url=settings.data_api, scale=settings.data_api_scale)
 
-    if not _healthy(settings, "serve", registry.get("serve", {"url": settings.serve})):
+    if "serve" in wanted and not _healthy(settings, "serve", registry.get("serve", {"url": settings.serve})):
         serve.deploy(serve.with_admin_token(settings))
         processes.record(state, "serve", pid=None, url=settings.serve, docs=f"{settings.serve}/docs")
 
-    if prometheus.binary() and not processes.alive(registry.get("prometheus", {}).get("pid")):
+    if prometheus.binary() and needed("prometheus"):
         pid = prometheus.start(settings)
         processes.record(state, "prometheus", pid=pid, url=settings.prometheus)
 
-    if not processes.alive(registry.get("dash", {}).get("pid")):
+    if needed("dash"):
         pid = processes.spawn([sys.executable, "-m", "dashboard.app"], state / "logs" / "dash.log",
                               env=settings.as_env())
         url = f"http://127.0.0.1:{settings.dash_port}"
         processes.wait_http(f"{url}/health", 60, pid=pid)
         processes.record(state, "dash", pid=pid, url=url)
 
-    if settings.airflow_server and airflow.available() and not processes.alive(registry.get("airflow", {}).get("pid")):
+    if settings.airflow_server and airflow.available() and needed("airflow"):
         pid = airflow.start(settings)
         processes.record(state, "airflow", pid=pid, url=f"http://127.0.0.1:{settings.airflow_port}")
     return status(settings)

@@ -25,18 +25,25 @@ STEPS = 6  # reports per tree model: the rungs ASHA can stop a trial at
 
 
 def expected_cost(config: dict) -> float:
-    """A rough relative fit cost, to start the longest trials first (longest-processing-time packing:
-    the short Ridge trials then fill the gaps instead of leaving a core idle at the end)."""
+    """A rough relative single-thread fit cost, to order the trials: trees x depth, where a forest
+    tree (exact splits on its bootstrap) costs about what 15 histogram boosting rounds do (measured
+    on 161k rows: 8.5 s for 600 rounds of depth 6, 14.7 s for 48 forest trees of depth 14)."""
     if config["family"] == "ridge":
         return 1.0
     if config["family"] == "random_forest":
-        return config["n_estimators"] * 2 ** (config["max_depth"] / 4) * config["max_samples"]
-    return config["n_estimators"] * 2 ** (config["max_depth"] / 4) * 0.5
+        return config["n_estimators"] * config["max_depth"] * config["max_samples"]
+    return config["n_estimators"] * config["max_depth"] / 15
 
 
 def trials() -> list[dict]:
+    """The search space in the order Tune starts it: the tree models cheapest first, because
+    asynchronous successive halving judges a trial at each rung against the trials that reached the
+    rung before it, so the quick ones set the bar early and the expensive ones below it stop at
+    their first rungs; Ridge (sub-second fits) last: with actors reused, a stream of sub-second
+    trials at the start makes Tune hand every next trial to the first actor and cancel the second
+    while it is still starting (one core idle for the first 10 s, measured)."""
     grid = [{"family": family, **params} for family, grid in SEARCH_SPACE.items() for params in grid]
-    return sorted(grid, key=expected_cost, reverse=True)
+    return sorted(grid, key=lambda c: (c["family"] == "ridge", expected_cost(c)))
 
 
 def fit_steps(config: dict, X: np.ndarray, y: np.ndarray, threads: int):
@@ -55,15 +62,20 @@ def fit_steps(config: dict, X: np.ndarray, y: np.ndarray, threads: int):
         import xgboost as xgb
 
         total = params.pop("n_estimators")
-        booster = None
         dtrain = xgb.DMatrix(X, label=y, nthread=threads)
         xgb_params = {"objective": "reg:squarederror", "tree_method": "hist", "nthread": threads, "seed": 0,
                       "eta": params["learning_rate"], "max_depth": params["max_depth"],
                       "min_child_weight": params["min_child_weight"], "subsample": params["subsample"],
                       "colsample_bytree": params["colsample_bytree"]}
-        for step in range(1, STEPS + 1):
-            booster = xgb.train(xgb_params, dtrain, num_boost_round=total // STEPS, xgb_model=booster)
-            yield step, BoosterRegressor(booster)
+        # One booster updated round by round, as xgb.train does: its prediction cache stays warm.
+        # (Continuing with xgb.train(xgb_model=...) per step re-predicts every earlier tree on the
+        # training rows each time: 44 s instead of 22 s for 600 deep rounds on 161k rows.)
+        booster = xgb.Booster(xgb_params, [dtrain])
+        for round_ in range(total):
+            booster.update(dtrain, round_)
+            step, at_step = divmod(round_ + 1, total // STEPS)
+            if at_step == 0 and step <= STEPS:
+                yield step, BoosterRegressor(booster)  # the same booster, grown further after the yield
     else:
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 

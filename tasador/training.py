@@ -2,10 +2,11 @@
 
 The driver loads every clean row (COPY), splits by property (test / validation / train never share a
 property), fits the feature pipeline once on the training rows and puts the three matrices in the
-object store once (``tune.with_parameters``). Each trial fits one regressor, reports validation RMSE
-after each growth step (ASHA stops the bad ones), logs an MLflow run under one parent run, and
-checkpoints its fitted regressor. The best trial by validation RMSE becomes a new registered model
-version: the whole pipeline (features + regressor), with its test metrics and lineage as tags.
+object store once (``tune.with_parameters``). Each trial (``tasador.tuning``) fits one regressor,
+reports validation RMSE after each growth step (ASHA stops the bad ones) and checkpoints its fitted
+regressor; the driver records each trial as an MLflow run under one parent run. The best trial by
+validation RMSE becomes a new registered model version: the whole pipeline (features + regressor),
+with its test metrics and lineage as tags.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -26,7 +26,7 @@ import pandas as pd
 from tasador import db
 from tasador.cleaning import split_key
 from tasador.features import ListingFeatures, PriceModel
-from tasador.models import STEPS, fit_steps, price_metrics, trials
+from tasador.models import STEPS, price_metrics, trials
 from tasador.registry import mlflow_client
 from tasador.schema import FEATURES
 from tasador.settings import Settings
@@ -78,62 +78,29 @@ def prepare(ds: Dataset) -> tuple[ListingFeatures, dict[str, np.ndarray]]:
     return features, arrays
 
 
-def list_steps(config: dict) -> int:
-    return 1 if config["family"] == "ridge" else STEPS
-
-
-def run_trial(config: dict, arrays: dict) -> None:
-    """One Tune trial: fit, report validation RMSE per step, log the MLflow run, checkpoint the model."""
-    import mlflow
-    from ray import tune
-
-    spec = dict(config["spec"])
-    threads = int(spec.pop("threads", 1))
-    parent, experiment_id = spec.pop("parent_run_id"), spec.pop("experiment_id")
-    mlflow.set_tracking_uri(spec.pop("tracking_uri"))
-    config = spec
-    started = time.perf_counter()
-    run_name = f"{config['family']}-{tune.get_context().get_trial_id()}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                          tags={"mlflow.parentRunId": parent, "family": config["family"]}) as run:
-        mlflow.log_params(config)
-        steps = list_steps(config)
-        for step, model in fit_steps(dict(config), arrays["X_train"], arrays["y_train"], threads):
-            val = price_metrics(arrays["y_validation"], model.predict(arrays["X_validation"]))
-            mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=step)
-            metrics = {"val_rmse_log": val["rmse_log"], "val_rmse": val["rmse"], "step": step,
-                       "fit_seconds": time.perf_counter() - started, "mlflow_run_id": run.info.run_id}
-            if step < steps:  # ASHA may stop the trial here; only a finished trial keeps its model
-                tune.report(metrics)
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                with open(os.path.join(tmp, "regressor.pkl"), "wb") as f:
-                    pickle.dump(model, f)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        test = price_metrics(arrays["y_test"], model.predict(arrays["X_test"]))
-        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
-
-
 def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experiment_id: str, name: str,
                   skip: tuple[str, ...] = ()):
-    """Run every trial of the search space with Ray Tune (ASHA early stopping); return the ResultGrid."""
+    """Run every trial of the search space with Ray Tune (ASHA early stopping), each an MLflow run
+    under ``parent_run_id``. Returns the ResultGrid and the MLflow run id of each Tune trial id."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from tasador.tuning import MlflowTrialRuns, run_trial
+
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    configs = [{**c, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-                "tracking_uri": settings.mlflow_uri} for c in trials() if c["family"] not in skip]
+    runs = MlflowTrialRuns(settings.mlflow_uri, experiment_id, parent_run_id)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_trial, arrays=arrays), {"cpu": 1}),
-        param_space={"spec": tune.grid_search(configs)},
+        param_space={"spec": tune.grid_search([c for c in trials() if c["family"] not in skip])},
         tune_config=tune.TuneConfig(metric="val_rmse_log", mode="min",
-                                    scheduler=ASHAScheduler(max_t=STEPS, grace_period=STEPS // 2, reduction_factor=2),
-                                    max_concurrent_trials=settings.tune_max_concurrent or cpus),
+                                    scheduler=ASHAScheduler(max_t=STEPS, grace_period=1, reduction_factor=3),
+                                    max_concurrent_trials=settings.tune_max_concurrent or cpus,
+                                    reuse_actors=True),  # an actor imports the trial's libraries once
         run_config=tune.RunConfig(name=name, storage_path=str(settings.state_path / "ray_results"),
-                                  verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                  verbose=0, callbacks=[runs]),
     )
-    return tuner.fit()
+    return tuner.fit(), runs.run_ids
 
 
 @dataclass
@@ -152,16 +119,15 @@ class Candidate:
         return self.load is not None
 
 
-def _from_tune(result) -> Candidate:
-    internal = ("parent_run_id", "experiment_id", "tracking_uri")
-    spec = {k: v for k, v in result.config["spec"].items() if k not in internal}
+def _from_tune(result, run_ids: dict[str, str]) -> Candidate:
+    spec = dict(result.config["spec"])
 
     def load():
         with result.checkpoint.as_directory() as path, open(os.path.join(path, "regressor.pkl"), "rb") as f:
             return pickle.load(f)
 
     return Candidate(spec.pop("family"), spec, result.metrics["val_rmse"], result.metrics["val_rmse_log"],
-                     result.metrics["step"], result.metrics["mlflow_run_id"], load if result.checkpoint else None)
+                     result.metrics["step"], run_ids[result.metrics["trial_id"]], load if result.checkpoint else None)
 
 
 def _distributed_xgboost(settings: Settings, arrays: dict, parent: str, experiment_id: str, name: str) -> list:
@@ -208,9 +174,9 @@ def train(settings: Settings, trigger: dict) -> dict:
     skip = ("xgboost",) if settings.xgb_distributed else ()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"training-batch-{trigger['batch_id']}",
                           tags=lineage) as parent:
-        results = tune_families(settings, arrays, parent.info.run_id, experiment_id, name, skip=skip)
+        results, run_ids = tune_families(settings, arrays, parent.info.run_id, experiment_id, name, skip=skip)
         failed = [str(r.error)[:300] for r in results if r.error is not None]
-        candidates = [_from_tune(r) for r in results if r.error is None and r.metrics]
+        candidates = [_from_tune(r, run_ids) for r in results if r.error is None and r.metrics]
         if settings.xgb_distributed:
             candidates += _distributed_xgboost(settings, arrays, parent.info.run_id, experiment_id, name)
         finished = [c for c in candidates if c.finished]
@@ -261,3 +227,4 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
     for key, value in tags.items():
         client.set_model_version_tag(settings.model_name, version, key, value)
     return version
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from cluster import processes, stack
 from tests.conftest import fresh_settings, registry_pids
@@ -39,7 +40,7 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
 def test_private_stack_ports_are_distinct_and_outside_the_ephemeral_range(tmp_path):
     """Ports chosen for test stacks must not be taken by outgoing connections before they are bound
     (a CI run lost Dash's port that way), nor repeat between two stacks of one session."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     first, second = (stack.isolated_settings(str(tmp_path / n)) for n in ("a", "b"))
     ports = []
     for s in (first, second):

@@ -66,6 +66,10 @@ def test_every_trial_is_an_mlflow_run_under_one_parent(settings, trained):
     assert len(children) == train["trials"]
     assert {r.data.tags["family"] for r in children} == {"ridge", "random_forest", "xgboost"}
     assert all("val_rmse" in r.data.metrics for r in children)
+    assert {r.info.status for r in children} == {"FINISHED"}  # finished or stopped early by ASHA: ended
+    best = client.get_run(client.get_model_version(settings.model_name, train["version"]).run_id)
+    assert best.data.tags["mlflow.parentRunId"] == train["parent_run_id"]
+    assert "test_rmse" in best.data.metrics and best.data.params["family"] == train["family"]
 
 
 def test_held_out_rows_never_share_a_property_with_training(settings, trained):
