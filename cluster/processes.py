@@ -70,18 +70,19 @@ def alive(pid: int | None) -> bool:
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> None:
-    """Signal the process group led by ``pid`` (the process itself if it has none), wait, then SIGKILL."""
+    """Stop the process ``pid`` and its process group: the leader first (its own shutdown: Ray's
+    ``ray start --block`` stops its daemons in order, while signalling the whole group at once left a
+    two-node head's GCS and raylet waiting on each other for 30 s), then the rest of the group, then
+    SIGKILL for whatever is still running at ``timeout_s``, descendants that left the group included."""
     if not alive(pid):
         return
     tree = descendants(pid)  # before the signal: orphans get re-parented once the leader exits
-    _signal_group(pid, sig)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid):
-            break
-        time.sleep(0.2)
-    else:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+    _wait_gone(pid, min(deadline, time.monotonic() + 10))
+    _signal_group(pid, sig, quiet=True)
+    if not _wait_gone(pid, deadline):
         _signal_group(pid, signal.SIGKILL)
         time.sleep(0.5)
     _signal_group(pid, signal.SIGKILL, quiet=True)  # stragglers of the group
@@ -92,6 +93,17 @@ def stop_pid(pid: int, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> No
         if alive(child):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+def _wait_gone(pid: int, until: float) -> bool:
+    """Wait (reaping our own child) until ``pid`` has exited or the monotonic time ``until``."""
+    while time.monotonic() < until:
+        _reap(pid)
+        if not alive(pid):
+            return True
+        time.sleep(0.2)
+    _reap(pid)
+    return not alive(pid)
 
 
 def descendants(pid: int) -> list[int]:
