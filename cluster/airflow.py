@@ -3,8 +3,10 @@ below the version Ray Serve here uses, so it cannot share ``.venv``; the DAG nee
 project's settings and job client, installed there without dependencies).
 
 Metadata in the stack's PostgreSQL (``airflow`` database); the DAGs folder is ``airflow_dags/``.
-``start`` runs ``airflow standalone`` (API server, scheduler, DAG processor, triggerer) on loopback;
-``dags_test`` runs one DAG run in-process (``airflow dags test``), as the demo and the tests do.
+``start`` runs ``airflow standalone`` (API server, scheduler, DAG processor, triggerer) on loopback
+and sets the DAG's schedule live (or paused: ``TASADOR_AIRFLOW_PAUSED``); ``trigger`` and
+``wait_run`` start a run through the scheduler and follow it, as the demo does; ``dags_test`` runs
+one DAG run in-process (``airflow dags test``) without a scheduler.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import time
 from pathlib import Path
 
+from psycopg2 import sql
+
 from cluster import processes
+from tasador import db
 from tasador.ray_jobs import auth_env
 from tasador.settings import Settings
 
@@ -28,13 +34,13 @@ def available() -> bool:
 
 
 def env(settings: Settings) -> dict[str, str]:
-    home = settings.state_path / "airflow"
+    home = settings.state_path / settings.airflow_instance
     home.mkdir(parents=True, exist_ok=True)
     return {**settings.as_env(), **auth_env(settings), "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "airflow_dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
-                f"postgresql+psycopg2://{settings.pg_user}@{settings.pg_host}:{settings.pg_port}/airflow",
+                f"postgresql+psycopg2://{settings.pg_user}@{settings.pg_host}:{settings.pg_port}/{settings.airflow_instance}",
             "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(settings.airflow_port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{settings.airflow_port}",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", "PATH": f"{VENV / 'bin'}:/usr/bin:/bin"}
@@ -46,6 +52,7 @@ def airflow(settings: Settings, *args: str, timeout_s: float = 600) -> subproces
 
 
 def migrate(settings: Settings) -> None:
+    _create_database(settings)
     done = airflow(settings, "db", "migrate")
     if done.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed: {done.stderr[-3000:]}")
@@ -66,8 +73,64 @@ def dags_test(settings: Settings, timeout_s: float = 7200) -> tuple[str, str]:
 
 
 def start(settings: Settings) -> int:
+    """``airflow standalone`` on loopback; then the DAG's schedule live, or paused when the settings say."""
     migrate(settings)
     pid = processes.spawn([str(VENV / "bin" / "airflow"), "standalone"],
-                          settings.state_path / "logs" / "airflow.log", env=env(settings))
+                          settings.state_path / "logs" / f"{settings.airflow_instance}.log", env=env(settings))
     processes.wait_http(f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health", 180, pid=pid)
+    set_paused(settings, settings.airflow_paused)
     return pid
+
+
+def set_paused(settings: Settings, paused: bool, timeout_s: float = 180) -> None:
+    """Pause or unpause the DAG, waiting for the DAG processor to have parsed it first."""
+    _retry_until_ok(settings, ["dags", "pause" if paused else "unpause", DAG_ID, "-y"], timeout_s)
+
+
+def trigger(settings: Settings, run_id: str, timeout_s: float = 180) -> str:
+    """Start a run of the DAG through the scheduler (``airflow dags trigger``); returns its run id."""
+    _retry_until_ok(settings, ["dags", "trigger", DAG_ID, "-r", run_id], timeout_s)
+    return run_id
+
+
+def run_state(settings: Settings, run_id: str) -> str | None:
+    listed = airflow(settings, "dags", "list-runs", DAG_ID, "-o", "json")
+    if listed.returncode != 0:
+        return None
+    runs = json.loads(listed.stdout.strip().splitlines()[-1] or "[]")
+    return next((r["state"] for r in runs if r["run_id"] == run_id), None)
+
+
+def wait_run(settings: Settings, run_id: str, timeout_s: float = 7200, poll_s: float = 3.0) -> str:
+    """Wait until the run ends; its final state ("success", "failed")."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = run_state(settings, run_id)
+        if state in ("success", "failed"):
+            return state
+        time.sleep(poll_s)
+    raise TimeoutError(f"the Airflow run {run_id} of {DAG_ID} did not end within {timeout_s:.0f}s")
+
+
+def _retry_until_ok(settings: Settings, args: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = airflow(settings, *args)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"airflow {' '.join(args)} failed: {(done.stdout + done.stderr)[-2000:]}")
+        time.sleep(2)
+
+
+def _create_database(settings: Settings) -> None:
+    """The instance's metadata database in the stack's PostgreSQL, owned by the application role."""
+    conn = db.connect(settings.raw_db)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.airflow_instance,))
+            if not cur.fetchone():
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.airflow_instance)))
+    finally:
+        conn.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 
 from cluster import airflow, stack
 from tasador import decisions, ray_jobs
@@ -56,6 +57,26 @@ def through_ray_jobs(settings: Settings) -> None:
 
 
 def through_airflow(settings: Settings) -> None:
+    """One run of the DAG per batch, triggered through Airflow's scheduler (the path its schedule
+    takes) and followed to its end, until a run ingests nothing (exhausted)."""
+    if not settings.airflow_server:  # no scheduler in this stack: run the DAG in-process
+        return through_dags_test(settings)
+    started = int(time.time())
+    n = 0
+    while True:
+        n += 1
+        before = len(decisions.batch_report(settings, settings.group, settings.day))
+        run_id = airflow.trigger(settings, f"demo__{started}_{n}")
+        print(f"batch {before + 1}: Airflow run {run_id} of {airflow.DAG_ID}", flush=True)
+        state = airflow.wait_run(settings, run_id)
+        if state != "success":
+            raise JobFailed(f"the Airflow run {run_id} of {airflow.DAG_ID} ended {state}; its task logs are under "
+                            f"{settings.state_path / settings.airflow_instance / 'logs'}")
+        if len(decisions.batch_report(settings, settings.group, settings.day)) == before:
+            return
+
+
+def through_dags_test(settings: Settings) -> None:
     """One ``airflow dags test`` run of the DAG per batch, until a run ingests nothing (exhausted)."""
     airflow.migrate(settings)
     while True:

@@ -5,11 +5,21 @@
 
 from jobs.common import job_parser, run_job
 from tasador.ingest import ingest_next
+from tasador.pipeline import work_pending
+
+
+def ingest(settings, group: int, day: str) -> dict:
+    """The next batch; when the API is exhausted, also whether a crashed run left work behind (the
+    DAG then runs the rest of the cycle instead of skipping it)."""
+    summary = ingest_next(settings, group, day).as_dict()
+    if summary["status"] == "exhausted":
+        summary["work_pending"] = work_pending(settings, group, day)
+    return summary
 
 
 def main() -> None:
     args = job_parser(__doc__).parse_args()
-    run_job("ingest", lambda settings: ingest_next(settings, args.group, args.day).as_dict())
+    run_job("ingest", lambda settings: ingest(settings, args.group, args.day))
 
 
 if __name__ == "__main__":

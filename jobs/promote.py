@@ -5,14 +5,14 @@ held-out rows and move the ``production`` alias only if it is better by the conf
 """
 
 from jobs.common import job_parser, run_job
-from tasador.pipeline_steps import promote_latest
+from tasador.pipeline_steps import promote_pending
 
 
 def main() -> None:
     parser = job_parser(__doc__)
     parser.add_argument("--version", default=None, help="the challenger version (default: the one trained last)")
     args = parser.parse_args()
-    run_job("promote", lambda settings: promote_latest(settings, args.group, args.day, args.version))
+    run_job("promote", lambda settings: promote_pending(settings, args.group, args.day, args.version))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ Tune on every clean row and register the best as a new model version.
 """
 
 from jobs.common import job_parser, run_job
-from tasador.pipeline_steps import train_if_decided
+from tasador.pipeline_steps import train_pending
 
 
 def main() -> None:
     parser = job_parser(__doc__)
     parser.add_argument("--force", action="store_true", help="train even if no decision asks for it")
     args = parser.parse_args()
-    run_job("train", lambda settings: train_if_decided(settings, args.group, args.day, args.force))
+    run_job("train", lambda settings: train_pending(settings, args.group, args.day, args.force))
 
 
 if __name__ == "__main__":

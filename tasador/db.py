@@ -43,6 +43,31 @@ CREATE TABLE IF NOT EXISTS listings (
     {_raw_columns},
     UNIQUE (batch_id, row_number)
 );
+-- every GET /data, written before the request: an attempt still open (outcome NULL) or failed when the
+-- next run starts may have been served by the API and never stored, so that run verifies by replay
+CREATE TABLE IF NOT EXISTS fetches (
+    fetch_id BIGSERIAL PRIMARY KEY,
+    group_number INT NOT NULL,
+    day TEXT NOT NULL,
+    expected_batch_number INT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at TIMESTAMPTZ,
+    outcome TEXT  -- 'stored', 'exhausted', 'failed: ...'; NULL: in flight, or lost with its process
+);
+-- every replay of the API (restart, verify each stored batch by its payload hash, store the missing one)
+CREATE TABLE IF NOT EXISTS recoveries (
+    recovery_id BIGSERIAL PRIMARY KEY,
+    group_number INT NOT NULL,
+    day TEXT NOT NULL,
+    recovered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    cause TEXT NOT NULL,
+    missing_batch_number INT NOT NULL,
+    restarted BOOLEAN NOT NULL,
+    replayed INT NOT NULL,
+    verified INT NOT NULL,
+    outcome TEXT NOT NULL,
+    batch_id BIGINT
+);
 -- every listing the prediction API priced: new raw data, as the course asked (features as text, like listings)
 CREATE TABLE IF NOT EXISTS predictions (
     prediction_id BIGSERIAL PRIMARY KEY,
@@ -103,6 +128,37 @@ CREATE TABLE IF NOT EXISTS decisions (
     training JSONB,
     promoted BOOLEAN,
     promotion_reason TEXT
+);
+-- one row per training, written before it starts: a crashed training is found and finished by the
+-- next run (its version, if registered, is found in the registry by the training_id tag)
+CREATE TABLE IF NOT EXISTS trainings (
+    training_id BIGSERIAL PRIMARY KEY,
+    group_number INT NOT NULL,
+    day TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    trigger_batch_id BIGINT NOT NULL,  -- the newest decision it answers (0: forced by an operator)
+    covers BIGINT[] NOT NULL,  -- every retrain decision it carries out
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    version TEXT,  -- once registered and recorded
+    result JSONB,
+    trained_at TIMESTAMPTZ,
+    verdict TEXT CHECK (verdict IN ('promoted', 'rejected')),  -- written before the alias moves
+    promotion_reason TEXT,
+    promotion_scores JSONB,
+    previous_production TEXT,
+    promoted_at TIMESTAMPTZ  -- once the alias, the version's tags and the decisions all say so
+);
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS training_id BIGINT REFERENCES trainings (training_id);
+-- every move of a model's production alias (promotion or rollback), with its reason: what served when
+CREATE TABLE IF NOT EXISTS alias_moves (
+    move_id BIGSERIAL PRIMARY KEY,
+    model_name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    previous_version TEXT,
+    moved_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    kind TEXT NOT NULL CHECK (kind IN ('promotion', 'rollback')),
+    reason TEXT NOT NULL,
+    training_id BIGINT UNIQUE REFERENCES trainings (training_id)
 );
 """
 

@@ -12,7 +12,7 @@ import logging
 
 from psycopg2.extras import Json
 
-from tasador import db, drift
+from tasador import db, drift, faults, locks
 from tasador.registry import Production
 from tasador.settings import Settings
 
@@ -53,6 +53,7 @@ def decide(settings: Settings, batch_id: int, production: Production | None) -> 
     record = {"batch_id": batch_id, "batch_rows": len(batch), "reference_batches": reference_ids,
               "drift": report.as_dict() if report else {}, "drift_found": found, "retrain": retrain,
               "retrain_reason": reason, "production_version": production.version if production else None}
+    faults.point("decide.before_record", settings)
     with db.transaction(settings.clean_db) as cur:
         cur.execute("INSERT INTO decisions (batch_id, batch_rows, reference_batches, drift, drift_found, retrain,"
                     " retrain_reason, production_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -64,36 +65,50 @@ def decide(settings: Settings, batch_id: int, production: Production | None) -> 
 
 
 def decide_pending(settings: Settings, group: int, day: str) -> dict:
-    """Decide every processed batch of (group, day) that has no decision yet, oldest first."""
+    """Decide every processed batch of (group, day) that has no decision yet, oldest first. The summary
+    says what work is pending: retrain decisions no training carried out yet (this run's or an earlier
+    one's), and trained versions whose promotion is not recorded."""
     from tasador import registry
 
-    production = registry.production(settings)
-    results = [summary(decide(settings, b["batch_id"], production)) for b in undecided_batches(settings, group, day)]
+    with locks.writer_lock(settings, locks.pipeline(group, day), "decide"):
+        production = registry.production(settings)
+        results = [summary(decide(settings, b["batch_id"], production))
+                   for b in undecided_batches(settings, group, day)]
+        pending = pending_work(settings, group, day)
     return {"job": "decide", "status": "decided" if results else "nothing_to_decide", "group_number": group,
             "day": day, "production_version": production.version if production else None,
-            "retrain": any(r["retrain"] for r in results), "decisions": results}
+            "retrain": any(r["retrain"] for r in results), "decisions": results, "pending": pending,
+            "work_pending": bool(pending["retrain_decisions"] or pending["promotions"])}
+
+
+def pending_work(settings: Settings, group: int, day: str) -> dict:
+    """Retrain decisions of (group, day) no training has carried out, and trainings of (group, day) for
+    the configured model whose promotion is not recorded (a crashed train or promote leaves these)."""
+    db.create_tables(settings.clean_db, "clean")
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT d.batch_id FROM decisions d JOIN processed_batches p USING (batch_id)"
+                    " LEFT JOIN trainings t ON t.training_id = d.training_id"
+                    " WHERE p.group_number = %s AND p.day = %s AND d.retrain"
+                    " AND (d.training_id IS NULL OR t.version IS NULL) ORDER BY p.batch_number", (group, day))
+        retrain = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT training_id FROM trainings WHERE group_number = %s AND day = %s AND model_name = %s"
+                    " AND promoted_at IS NULL ORDER BY training_id", (group, day, settings.model_name))
+        promotions = [r[0] for r in cur.fetchall()]
+    return {"retrain_decisions": retrain, "promotions": promotions}
 
 
 def get(settings: Settings, batch_id: int) -> dict | None:
     with db.transaction(settings.clean_db) as cur:
         cur.execute("SELECT batch_id, batch_rows, reference_batches, drift, drift_found, retrain, retrain_reason,"
-                    " production_version, training, promoted, promotion_reason FROM decisions WHERE batch_id = %s",
+                    " production_version, training, promoted, promotion_reason, training_id FROM decisions"
+                    " WHERE batch_id = %s",
                     (batch_id,))
         row = cur.fetchone()
     if not row:
         return None
     keys = ("batch_id", "batch_rows", "reference_batches", "drift", "drift_found", "retrain", "retrain_reason",
-            "production_version", "training", "promoted", "promotion_reason")
+            "production_version", "training", "promoted", "promotion_reason", "training_id")
     return dict(zip(keys, row, strict=True))
-
-
-def record_outcome(settings: Settings, batch_id: int, training: dict | None, promoted: bool | None,
-                   promotion_reason: str | None) -> None:
-    """Write what training and promotion did for the batch onto its decision."""
-    with db.transaction(settings.clean_db) as cur:
-        cur.execute("UPDATE decisions SET training = COALESCE(%s, training), promoted = %s, promotion_reason = %s"
-                    " WHERE batch_id = %s",
-                    (Json(training) if training is not None else None, promoted, promotion_reason, batch_id))
 
 
 def summary(record: dict) -> dict:

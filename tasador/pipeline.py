@@ -23,9 +23,9 @@ def run_in_process(settings: Settings, step: str, group: int, day: str) -> dict:
     if step == "decide":
         return decisions.decide_pending(settings, group, day)
     if step == "train":
-        return pipeline_steps.train_if_decided(settings, group, day)
+        return pipeline_steps.train_pending(settings, group, day)
     if step == "promote":
-        return pipeline_steps.promote_latest(settings, group, day)
+        return pipeline_steps.promote_pending(settings, group, day)
     raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
 
 
@@ -33,14 +33,24 @@ def cycle(settings: Settings, group: int, day: str,
           step: Callable[[Settings, str, int, str], dict] = run_in_process) -> dict:
     """One batch through the whole cycle. Returns the steps' summaries and a one-line row."""
     done = {"ingest": step(settings, "ingest", group, day)}
-    if done["ingest"]["status"] == "exhausted":
+    if done["ingest"]["status"] == "exhausted" and not work_pending(settings, group, day):
         return {"job": "pipeline", "status": "exhausted", "steps": done, "row": None}
     done["process"] = step(settings, "process", group, day)
     done["decide"] = step(settings, "decide", group, day)
-    if done["decide"].get("retrain"):
+    if done["decide"].get("work_pending"):  # this batch's retrain, or one a crashed run left undone
         done["train"] = step(settings, "train", group, day)
         done["promote"] = step(settings, "promote", group, day)
     return {"job": "pipeline", "status": "done", "steps": done, "row": summary_row(done)}
+
+
+def work_pending(settings: Settings, group: int, day: str) -> bool:
+    """Whether a crashed run left a raw batch unprocessed or undecided, a training or a promotion."""
+    from tasador import decisions, processing
+
+    if processing.pending_batches(settings, group, day) or decisions.undecided_batches(settings, group, day):
+        return True
+    pending = decisions.pending_work(settings, group, day)
+    return bool(pending["retrain_decisions"] or pending["promotions"])
 
 
 def summary_row(done: dict) -> dict:

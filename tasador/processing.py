@@ -14,7 +14,7 @@ import time
 
 import pandas as pd
 
-from tasador import db
+from tasador import db, faults, locks
 from tasador.cleaning import CLEAN_COLUMNS, clean_table, mark_duplicates
 from tasador.schema import COLUMNS
 from tasador.settings import Settings
@@ -44,7 +44,8 @@ def pending_batches(settings: Settings, group: int, day: str) -> list[dict]:
 
 def process_pending(settings: Settings, group: int, day: str) -> dict:
     db.create_all_tables(settings)
-    results = [process_batch(settings, batch) for batch in pending_batches(settings, group, day)]
+    with locks.writer_lock(settings, locks.pipeline(group, day), "process"):
+        results = [process_batch(settings, batch) for batch in pending_batches(settings, group, day)]
     return {"job": "process", "status": "processed" if results else "nothing_to_process",
             "group_number": group, "day": day, "batches": results}
 
@@ -88,6 +89,7 @@ def process_batch(settings: Settings, batch: dict) -> dict:
             return {**batch, "status": "already_processed"}
         db.copy_frame(cur, "listings", clean[list(CLEAN_COLUMNS)])
         db.copy_frame(cur, "rejects", rejected[["raw_id", "batch_id", "reason"]])
+        faults.point("process.after_copy", settings)
         cur.execute("INSERT INTO processed_batches (batch_id, group_number, day, batch_number, raw_rows,"
                     " clean_rows, rejected_rows) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     (batch_id, batch["group_number"], batch["day"], batch["batch_number"], batch["rows"],

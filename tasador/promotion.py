@@ -1,7 +1,14 @@
 """Promotion: the challenger and the current production model are scored on the same held-out rows
 (the test split of every clean row collected now, which neither trained on); the challenger gets the
 ``production`` alias only if its RMSE beats production's by the configured margin. The outcome and
-its reason are written as version tags and on the batch's decision."""
+its reason are written as version tags, on the decisions the training answered, and (for a move of
+the alias) in ``alias_moves``.
+
+Crash-safe order: (1) the verdict is written on the training's row, (2) the alias moves, (3) the
+version's tags, (4) one transaction marks the training promoted/rejected, writes the decisions'
+outcome and the alias move. A re-run after a crash anywhere finds the recorded verdict and redoes
+only what is missing: it never judges twice and never leaves an outcome empty.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,9 @@ import json
 import logging
 
 import numpy as np
+from psycopg2.extras import Json
 
-from tasador import decisions
+from tasador import db, faults, locks
 from tasador.models import price_metrics
 from tasador.registry import PRODUCTION, mlflow_client, production
 from tasador.schema import FEATURES
@@ -27,11 +35,12 @@ def load_model(settings: Settings, version: str):
     return mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
 
 
-def promote(settings: Settings, challenger: str, batch_id: int | None = None) -> dict:
-    client = mlflow_client(settings)
+def judge(settings: Settings, challenger: str) -> dict:
+    """Score the challenger and production on the same held-out rows: the verdict and its reason."""
     current = production(settings)
     if current and current.version == challenger:
-        return {"job": "promote", "status": "already_production", "version": challenger}
+        return {"verdict": "promoted", "previous_production": challenger, "scores": {},
+                "reason": f"v{challenger} already holds the {PRODUCTION} alias"}
     ds = load_dataset(settings)
     held_out = ds.frame[ds.test]
     y_log = np.log(held_out["price"].to_numpy(dtype=float))
@@ -49,14 +58,75 @@ def promote(settings: Settings, challenger: str, batch_id: int | None = None) ->
         reason = (f"v{challenger} RMSE ${new:,.0f} {verdict} production v{current.version} RMSE ${old:,.0f} "
                   f"by the {margin:.0%} margin on the same {len(held_out):,} held-out rows "
                   f"(change {(new - old) / old:+.1%})")
-    if promoted:
-        client.set_registered_model_alias(settings.model_name, PRODUCTION, challenger)
-    client.set_model_version_tag(settings.model_name, challenger, "promotion", "promoted" if promoted else "rejected")
-    client.set_model_version_tag(settings.model_name, challenger, "promotion_reason", reason)
-    client.set_model_version_tag(settings.model_name, challenger, "promotion_scores", json.dumps(scores))
-    if batch_id is not None:
-        decisions.record_outcome(settings, batch_id, None, promoted, reason)
-    log.info("v%s %s: %s", challenger, "promoted" if promoted else "rejected", reason)
-    return {"job": "promote", "status": "promoted" if promoted else "rejected", "version": challenger,
-            "previous_production": current.version if current else None, "reason": reason, "scores": scores,
-            "held_out_rows": len(held_out)}
+    return {"verdict": "promoted" if promoted else "rejected", "reason": reason, "scores": scores,
+            "previous_production": current.version if current else None, "held_out_rows": len(held_out)}
+
+
+def promote_training(settings: Settings, training_id: int) -> dict:
+    """Judge (once) and apply the promotion of training ``training_id``'s version; idempotent."""
+    with locks.writer_lock(settings, locks.model(settings.model_name), "promote"):
+        row = _training(settings, training_id)
+        version = row["version"]
+        if row["verdict"] is None:
+            judged = judge(settings, version)
+            with db.transaction(settings.clean_db) as cur:
+                cur.execute("UPDATE trainings SET verdict = %s, promotion_reason = %s, promotion_scores = %s,"
+                            " previous_production = %s WHERE training_id = %s AND verdict IS NULL",
+                            (judged["verdict"], judged["reason"], Json(judged["scores"]),
+                             judged["previous_production"], training_id))
+            row = _training(settings, training_id)
+            resumed = False
+        else:
+            resumed = True  # a crashed run recorded the verdict: finish applying it
+        _apply(settings, version, row, training_id)
+    log.info("v%s %s: %s", version, row["verdict"], row["promotion_reason"])
+    return {"job": "promote", "status": row["verdict"], "version": version, "training_id": training_id,
+            "previous_production": row["previous_production"], "reason": row["promotion_reason"],
+            "scores": row["promotion_scores"], "resumed": resumed}
+
+
+def promote(settings: Settings, version: str) -> dict:
+    """An operator's promotion of ``version``, outside the pipeline's trainings: judged and applied now."""
+    with locks.writer_lock(settings, locks.model(settings.model_name), "promote"):
+        row = judge(settings, version)
+        row = {"version": version, "promotion_reason": row.pop("reason"), "promotion_scores": row.pop("scores"), **row}
+        _apply(settings, version, row, None)
+    return {"job": "promote", "status": row["verdict"], "version": version, "reason": row["promotion_reason"],
+            "previous_production": row["previous_production"], "scores": row["promotion_scores"]}
+
+
+def _apply(settings: Settings, version: str, row: dict, training_id: int | None) -> None:
+    """Move the alias (when promoted and not there yet), tag the version, record the outcome: each
+    write idempotent, in this order, so a re-run completes a crashed one."""
+    promoted = row["verdict"] == "promoted"
+    faults.point("promote.before_alias", settings)
+    client = mlflow_client(settings)
+    current = production(settings)
+    if promoted and (current is None or current.version != version):
+        client.set_registered_model_alias(settings.model_name, PRODUCTION, version)
+    faults.point("promote.after_alias", settings)
+    tags = {"promotion": row["verdict"], "promotion_reason": row["promotion_reason"],
+            "promotion_scores": json.dumps(row["promotion_scores"] or {})}
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
+    with db.transaction(settings.clean_db) as cur:
+        if training_id is not None:
+            cur.execute("UPDATE trainings SET promoted_at = now() WHERE training_id = %s AND promoted_at IS NULL",
+                        (training_id,))
+            cur.execute("UPDATE decisions SET promoted = %s, promotion_reason = %s WHERE training_id = %s",
+                        (promoted, row["promotion_reason"], training_id))
+        if promoted and row["previous_production"] != version:
+            cur.execute("INSERT INTO alias_moves (model_name, version, previous_version, kind, reason, training_id)"
+                        " VALUES (%s, %s, %s, 'promotion', %s, %s) ON CONFLICT (training_id) DO NOTHING",
+                        (settings.model_name, version, row["previous_production"], row["promotion_reason"],
+                         training_id))
+
+
+def _training(settings: Settings, training_id: int) -> dict:
+    keys = ("version", "verdict", "promotion_reason", "promotion_scores", "previous_production")
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute(f"SELECT {', '.join(keys)} FROM trainings WHERE training_id = %s", (training_id,))
+        found = cur.fetchone()
+    if found is None or found[0] is None:
+        raise ValueError(f"training {training_id} has no registered version to promote")
+    return dict(zip(keys, found, strict=True))

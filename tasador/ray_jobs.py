@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import time
 import uuid
@@ -96,6 +97,15 @@ class JobsApi:
         body = {"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": submission_id}
         return self._call("POST", json=body)["submission_id"]
 
+    def find(self, job_id: str) -> dict | None:
+        """The job's details, or None when the cluster has no job of that id."""
+        try:
+            return self._call("GET", job_id)
+        except RuntimeError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+
     def status(self, job_id: str) -> str:
         return self._call("GET", job_id)["status"]
 
@@ -130,6 +140,34 @@ def wait(settings: Settings, job_id: str, timeout_s: float = 3600, echo=None) ->
             jobs.stop(job_id)
             raise TimeoutError(f"Ray job {job_id} did not finish in {timeout_s:.0f}s; stopped it")
         time.sleep(0.5)
+
+
+def submission_id(*parts: str) -> str:
+    """A job id made of ``parts`` with every character Ray's ids and log file names do not take replaced."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))[:180]
+
+
+def run_attached(settings: Settings, module: str, args: list[str], base_id: str, timeout_s: float = 3600,
+                 echo=None, on_submit=None) -> JobOutcome:
+    """Run the step's job once per ``base_id`` (one task of one DAG run), whatever retries: attempt
+    ``<base_id>-a1`` first; a running or succeeded attempt is re-attached to (waited for, its result
+    read), and only after a failed or stopped one is the next attempt submitted. Two attempts never
+    run at once, and a retry never repeats a job that succeeded."""
+    jobs = JobsApi(settings)
+    attempt = 1
+    while True:
+        job_id = f"{base_id}-a{attempt}"
+        found = jobs.find(job_id)
+        if found is None:
+            submit(settings, module, args, job_id)
+            if on_submit:
+                on_submit(job_id)
+            break
+        if found["status"] not in ("FAILED", "STOPPED"):
+            log.info("re-attaching to Ray job %s (%s)", job_id, found["status"])
+            break
+        attempt += 1
+    return wait(settings, job_id, timeout_s, echo)
 
 
 def run(settings: Settings, module: str, args: list[str], timeout_s: float = 3600, echo=None) -> JobOutcome:

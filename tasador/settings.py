@@ -64,6 +64,10 @@ class Settings:
     xgb_distributed: bool = False  # XGBoost through Ray Train's XGBoostTrainer (data larger than a node)
     xgb_workers: int = 2
     promotion_margin: float = 0.01  # a challenger must beat production's RMSE by this fraction
+    train_families: str = ""  # comma-separated families to search (ridge,random_forest,xgboost); empty: all
+    tune_max_failures: int = 2  # a trial whose worker dies is restarted this many times (Tune's FailureConfig)
+    # one writer per (group, day): each pipeline step holds a PostgreSQL advisory lock for its whole run
+    step_lock_timeout_s: float = 600.0  # how long a step waits for another writer before failing clearly
     # Ray head of the local stack
     ray_gcs_port: int = 6390
     ray_dashboard_port: int = 8265
@@ -95,6 +99,14 @@ class Settings:
     airflow_job_timeout_s: float = 3600.0
     airflow_port: int = 8081
     airflow_server: bool = True  # `tasador up` runs `airflow standalone` (the UI and the scheduler)
+    airflow_instance: str = "airflow"  # its home (<state>/<instance>) and metadata database in the stack's PostgreSQL
+    airflow_paused: bool = False  # true: the DAG's schedule is paused (runs only when triggered by hand)
+    airflow_retry_delay_s: float = 30.0
+    # fault injection, for the fault tests only: the named point (e.g. "train.after_register") kills
+    # the process there, or waits there until released; once per fault_dir (see tasador/faults.py)
+    fault_point: str = ""
+    fault_action: str = "kill"  # "kill" (SIGKILL itself) | "wait" (until <fault_dir>/<point>.release) | "raise"
+    fault_dir: str = ""
 
     def _pg_url(self, database: str) -> str:
         return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{database}"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasador import db
+from tasador import db, faults
 from tasador.cleaning import split_key
 from tasador.features import ListingFeatures, PriceModel
 from tasador.models import STEPS, price_metrics, trials
@@ -92,15 +92,27 @@ def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experime
     runs = MlflowTrialRuns(settings.mlflow_uri, experiment_id, parent_run_id)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_trial, arrays=arrays), {"cpu": 1}),
-        param_space={"spec": tune.grid_search([c for c in trials() if c["family"] not in skip])},
+        param_space={"spec": tune.grid_search(searched(settings, skip))},
         tune_config=tune.TuneConfig(metric="val_rmse_log", mode="min",
                                     scheduler=ASHAScheduler(max_t=STEPS, grace_period=1, reduction_factor=3),
                                     max_concurrent_trials=settings.tune_max_concurrent or cpus,
                                     reuse_actors=True),  # an actor imports the trial's libraries once
+        # a trial whose worker dies (a killed process, a lost node) starts again from its last checkpoint
         run_config=tune.RunConfig(name=name, storage_path=str(settings.state_path / "ray_results"),
-                                  verbose=0, callbacks=[runs]),
+                                  verbose=0, callbacks=[runs],
+                                  failure_config=tune.FailureConfig(max_failures=settings.tune_max_failures)),
     )
     return tuner.fit(), runs.run_ids
+
+
+def searched(settings: Settings, skip: tuple[str, ...] = ()) -> list[dict]:
+    """The trials of the search space whose family the settings include (``train_families``)."""
+    wanted = {f.strip() for f in settings.train_families.split(",") if f.strip()}
+    known = {c["family"] for c in trials()}
+    if wanted - known:
+        raise ValueError(f"TASADOR_TRAIN_FAMILIES names unknown families {sorted(wanted - known)};"
+                         f" known: {sorted(known)}")
+    return [c for c in trials() if c["family"] not in skip and (not wanted or c["family"] in wanted)]
 
 
 @dataclass
@@ -148,9 +160,10 @@ def _distributed_xgboost(settings: Settings, arrays: dict, parent: str, experime
     return found
 
 
-def train(settings: Settings, trigger: dict) -> dict:
+def train(settings: Settings, trigger: dict, training_id: int | None = None, covers: list[int] | None = None) -> dict:
     """Train on every clean row collected so far and register the best model as a new version.
-    ``trigger`` is the decision that asked for it (batch_id, retrain_reason)."""
+    ``trigger`` is the decision that asked for it (batch_id, retrain_reason); ``training_id`` the
+    training's row (tagged on the runs and, in the same request that registers it, on the version)."""
     import mlflow
     import ray
 
@@ -170,8 +183,10 @@ def train(settings: Settings, trigger: dict) -> dict:
                "validation_rows": str(int(ds.validation.sum())), "test_rows": str(int(ds.test.sum())),
                "data_hash": ds.data_hash, "trigger_batch_id": str(trigger["batch_id"]),
                "trigger_reason": trigger["retrain_reason"][:5000]}
+    if training_id is not None:
+        lineage.update(training_id=str(training_id), decision_batch_ids=json.dumps(covers or []))
     name = f"train-{trigger['batch_id']}-{int(time.time())}"
-    skip = ("xgboost",) if settings.xgb_distributed else ()
+    skip = ("xgboost",) if settings.xgb_distributed and "xgboost" in {c["family"] for c in searched(settings)} else ()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"training-batch-{trigger['batch_id']}",
                           tags=lineage) as parent:
         results, run_ids = tune_families(settings, arrays, parent.info.run_id, experiment_id, name, skip=skip)
@@ -194,6 +209,7 @@ def train(settings: Settings, trigger: dict) -> dict:
                              model.predict_log(test_frame[list(FEATURES)]))
         mlflow.log_metrics({f"best_{best.family}_{k}": v for k, v in test.items()})
         mlflow.log_dict(family_summary, "families.json")
+    faults.point("train.before_register", settings)
     version = register(settings, model, best.mlflow_run_id, ds, test, best.params, lineage)
     return {"version": version, "family": best.family, "test_metrics": test, "families": family_summary,
             "rows": len(ds.frame), "batch_ids": ds.batch_ids, "parent_run_id": parent.info.run_id,
@@ -215,16 +231,15 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
     importance = explain.global_importance(model, sample)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sklearn.log_model(
-            model, name="model", registered_model_name=settings.model_name, input_example=example,
-            signature=infer_signature(example, model.predict(example)),
+            model, name="model", input_example=example, signature=infer_signature(example, model.predict(example)),
             code_paths=[str(PACKAGE_DIR)], serialization_format="cloudpickle")
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
         mlflow.log_dict(importance, "shap_importance.json")
-    version = str(info.registered_model_version)
-    client = mlflow_client(settings)
     tags = {**lineage, "family": model.family, "params": json.dumps(params), "metrics": json.dumps(test),
             **{f"metric_{k}": f"{v:.6g}" for k, v in test.items()}, "shap_importance": json.dumps(importance)}
-    for key, value in tags.items():
-        client.set_model_version_tag(settings.model_name, version, key, value)
-    return version
+    # the version and all its tags (the training_id among them) in one request: a version is never
+    # without the tag that lets a re-run after a crash find it
+    mlflow_client(settings)
+    registered = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
+    return str(registered.version)
 

@@ -15,6 +15,7 @@ import time
 
 from ray import tune
 
+from tasador import faults
 from tasador.models import STEPS, fit_steps, price_metrics
 
 THREADS = 1  # every trial holds one CPU: trials are packed one per core
@@ -35,6 +36,7 @@ def run_trial(config: dict, arrays: dict) -> None:
                    "fit_seconds": time.perf_counter() - started}
         if step < reports(spec):
             tune.report(metrics)
+            faults.point("train.trial_step")
             continue
         test = price_metrics(arrays["y_test"], model.predict(arrays["X_test"]))
         with tempfile.TemporaryDirectory() as tmp:
