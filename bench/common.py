@@ -23,7 +23,6 @@ def parser(doc: str) -> argparse.ArgumentParser:
 @contextmanager
 def private_stack(scale: float, only: tuple[str, ...] | None = None) -> Iterator[Settings]:
     with tempfile.TemporaryDirectory(prefix="tasador-bench-") as tmp:
-        os.chmod(tmp, 0o755)
         settings = stack.isolated_settings(os.path.join(tmp, "state"), data_api_scale=scale, airflow_server=False)
         try:
             stack.up(settings, only=only)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -29,12 +30,25 @@ def _chown(path: Path) -> None:
         shutil.chown(path, "postgres", "postgres")
 
 
+def _make_reachable(path: Path) -> None:
+    """The server runs as ``postgres`` when we are root: every folder above its data dir must let
+    others pass through (search permission only; nothing becomes readable). A private temporary
+    folder (pytest's, mkdtemp's: 0700) is the usual case."""
+    if os.geteuid() != 0:
+        return
+    for folder in (path, *path.parents):
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(mode | stat.S_IXOTH)
+
+
 def start(settings: Settings) -> int:
     """initdb if needed, start the server, create the role and the three databases. Returns the PID."""
     state = settings.state_path
     data, sock, log = state / "pg" / "data", state / "pg" / "sock", state / "logs" / "postgres.log"
     for d in (data.parent, sock, log.parent):
         d.mkdir(parents=True, exist_ok=True)
+    _make_reachable(data.parent)
     for d in (data.parent, sock):
         _chown(d)
     log.touch()

@@ -47,7 +47,7 @@ def version_for_training(settings: Settings, training_id: int) -> str | None:
     version in one request), or None. A re-run after a crash finds the version here instead of
     training and registering a second one."""
     client = mlflow_client(settings)
-    found = client.search_model_versions(f"name = '{_quoted(settings.model_name)}'"
+    found = client.search_model_versions(f"name = '{quoted_name(settings.model_name)}'"
                                          f" AND tags.training_id = '{int(training_id)}'")
     versions = sorted((mv.version for mv in found), key=int)
     if len(versions) > 1:
@@ -55,7 +55,7 @@ def version_for_training(settings: Settings, training_id: int) -> str | None:
     return versions[0] if versions else None
 
 
-def _quoted(name: str) -> str:
+def quoted_name(name: str) -> str:
     """A model name inside a search filter's single quotes (MLflow's filter grammar has no parameters)."""
     if "'" in name or "\\" in name:
         raise ValueError(f"model name {name!r}: quotes and backslashes are not allowed")

@@ -24,6 +24,17 @@ SAMPLES = REPO.parent / "shared" / "data" / "realtor-samples"
 TEST_SCALE = 0.02  # every data API batch at 2%: 21,698 rows over the six batches
 
 
+STACK_FIXTURES = {"settings", "fault_stack"}
+
+
+def pytest_collection_modifyitems(items):
+    """``-m "not stack"`` selects the fast layer: a test that needs a running stack (directly or
+    through a fixture) is marked ``stack``."""
+    for item in items:
+        if STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
+
+
 def fresh_settings(tmp: Path, **changes) -> Settings:
     # at 2% of the plan the mixed $300k-$500k batch has 6,414 rows: the minimum scales down with it
     return stack.isolated_settings(str(tmp / "state"), data_api_scale=TEST_SCALE, data_api_backoff_s=0.2,
@@ -33,10 +44,6 @@ def fresh_settings(tmp: Path, **changes) -> Settings:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
     tmp = tmp_path_factory.mktemp("stack")
-    os.chmod(tmp, 0o755)  # the postgres user must reach its data dir
-    for parent in tmp.parents:
-        if str(parent).startswith("/tmp/pytest"):
-            os.chmod(parent, 0o755)
     s = fresh_settings(tmp)
     # the jobs this session submits read the same settings
     os.environ.update(s.as_env())

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from bench.fault_proxy import FaultProxy
 from data_api.plan import PLAN, batch_order, scaled_rows
 from tasador import ray_jobs
 from tests.conftest import REPO, TEST_SCALE
-from tests.faulty_api import FaultyApi
 
 
 def ingest(settings, group, day="Monday", **changes):
@@ -57,13 +57,16 @@ def test_every_batch_then_exhausted_ends_cleanly(settings, raw, group):
     assert ledger(raw, group) == [(n, rows, rows) for n, rows in enumerate(expected, start=1)]
 
 
-def test_reingesting_a_stored_batch_is_a_no_op(settings, raw, group):
+def test_an_api_restarted_behind_the_ledger_is_replayed_not_duplicated(settings, raw, group):
+    """Someone restarted the API's counter: the next ingest verifies batch 1 by its hash and stores
+    batch 2, instead of storing batch 1 twice or stopping."""
     first = ingest(settings, group).summary
     ray_jobs_client_restart(settings, group)
     again = ingest(settings, group).summary
-    assert again["status"] == "already_stored"
-    assert again["batch_id"] == first["batch_id"] and again["payload_sha256"] == first["payload_sha256"]
-    assert ledger(raw, group) == [(1, first["rows"], first["rows"])]
+    assert again["status"] == "ingested" and again["batch_number"] == 2
+    assert again["recovery"]["verified"] == 1 and not again["recovery"]["restarted"]
+    assert "behind the ledger" in again["recovery"]["cause"]
+    assert [n for n, *_ in ledger(raw, group)] == [1, 2] and ledger(raw, group)[0][1] == first["rows"]
 
 
 def ray_jobs_client_restart(settings, group, day="Monday"):
@@ -73,7 +76,7 @@ def ray_jobs_client_restart(settings, group, day="Monday"):
 
 
 def test_server_errors_are_retried_with_backoff(settings, raw, group):
-    proxy = FaultyApi(settings.data_api, fail_first=2, fail_status=503)
+    proxy = FaultProxy(settings.data_api, fail_first=2, fail_status=503)
     try:
         outcome = ingest(settings, group, data_api_url=proxy.url)
     finally:
@@ -86,7 +89,7 @@ def test_server_errors_are_retried_with_backoff(settings, raw, group):
 
 
 def test_persistent_failure_fails_the_job_and_writes_nothing(settings, raw, group):
-    proxy = FaultyApi(settings.data_api, fail_first=100, fail_status=500)
+    proxy = FaultProxy(settings.data_api, fail_first=100, fail_status=500)
     try:
         outcome = ingest(settings, group, data_api_url=proxy.url, data_api_retries=2)
     finally:
@@ -100,7 +103,7 @@ def test_persistent_failure_fails_the_job_and_writes_nothing(settings, raw, grou
 @pytest.mark.parametrize("body,problem", [(b"not json", "not a batch"),
                                           (b'{"batch_number": 1, "data": [1, 2]}', "not a list of listing objects")])
 def test_malformed_answer_is_reported_not_stored(settings, raw, group, body, problem):
-    proxy = FaultyApi(settings.data_api, body=body)
+    proxy = FaultProxy(settings.data_api, body=body)
     try:
         outcome = ingest(settings, group, data_api_url=proxy.url)
     finally:

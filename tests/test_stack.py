@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from cluster import processes, stack
 from tests.conftest import fresh_settings, registry_pids
@@ -16,8 +17,8 @@ def test_status_reports_every_component_running(settings):
     assert {name: c["state"] for name, c in report.items()} == {n: "running" for n in stack.components(settings)}
 
 
+@pytest.mark.stack
 def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
-    os.chmod(tmp_path, 0o755)
     s = fresh_settings(tmp_path)
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:

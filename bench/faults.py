@@ -1,0 +1,295 @@
+"""Fault injection over the real pipeline: kill, cut or freeze a real component at a named point, re-run,
+then count rows, versions and decisions (``tasador.audit``).
+
+    python -m bench.faults [--quick] [--only NAME ...]
+
+Each scenario runs on its own (group, day) of a private stack (PostgreSQL, MLflow, Ray head, the
+data API at 2% scale), every pipeline step a real Ray job. The tests in ``tests/faults/`` run the
+same scenarios and assert the same accounting. Prints a table, then one JSON line: ``scenarios``,
+``rows_lost``, ``rows_duplicated``, ``decisions_dropped`` (totals) and one object per scenario.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from bench.fault_proxy import FaultProxy
+from cluster import postgres, processes
+from tasador import audit, ray_jobs, registry
+from tasador.settings import Settings
+
+SHARED_MODEL = "faults-shared"  # has a production model: scenarios on it decide "no retrain"
+SHARED_GROUP = 4000
+
+
+@dataclass
+class Lab:
+    """One scenario's (group, day), model name and fault folder on a stack."""
+    name: str
+    s: Settings
+    folder: Path
+
+    @classmethod
+    def make(cls, base: Settings, name: str, workdir: Path, trains: bool, **changes) -> Lab:
+        folder = workdir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        model = f"faults-{name}" if trains else SHARED_MODEL
+        s = base.replace(group=5000 + zlib.crc32(name.encode()) % 90_000, day="Monday", model_name=model,
+                         train_families=changes.pop("train_families", "ridge"), fault_dir=str(folder),
+                         retrain_min_rows=1_000 if trains else 10**9, **changes)
+        return cls(name, s, folder)
+
+    def args(self) -> list[str]:
+        return ["--group", str(self.s.group), "--day", self.s.day]
+
+    def job(self, module: str = "jobs.pipeline", timeout_s: float = 900, **changes) -> ray_jobs.JobOutcome:
+        return ray_jobs.run(self.s.replace(**changes), module, self.args(), timeout_s=timeout_s)
+
+    def faulted(self, point: str, action: str = "kill", **changes) -> Settings:
+        return self.s.replace(fault_point=point, fault_action=action, **changes)
+
+    def ledger_size(self) -> int:
+        from tasador.ingest import stored_hashes
+
+        return len(stored_hashes(self.s.raw_db, self.s.group, self.s.day))
+
+    def account(self, batches: int) -> dict:
+        return audit.audit(self.s, self.s.group, self.s.day, api_batches(self.s, batches))
+
+    def wait_reached(self, point: str, job_id: str, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not (self.folder / f"{point}.reached").exists():
+            status = ray_jobs.JobsApi(self.s).status(job_id)
+            if status in ray_jobs.TERMINAL:
+                raise AssertionError(f"job {job_id} ended {status} before reaching {point}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not reach {point} in {timeout_s:.0f}s")
+            time.sleep(0.1)
+
+    def release(self, point: str) -> None:
+        (self.folder / f"{point}.release").touch()
+
+    def fired(self, point: str) -> bool:
+        return (self.folder / f"{point}.fired").exists()
+
+
+def api_batches(s: Settings, k: int) -> list[list[dict]]:
+    """Batches 1..k of (group, day) as the API serves them (restarted, then read in order)."""
+    session = requests.Session()
+    params = {"group_number": s.group, "day": s.day}
+    session.get(f"{s.data_api}/restart_data_generation", params=params, timeout=60).raise_for_status()
+    out = []
+    for _ in range(k):
+        resp = session.get(f"{s.data_api}/data", params=params, timeout=300)
+        resp.raise_for_status()
+        out.append(resp.json()["data"])
+    return out
+
+
+def until_done(lab: Lab, batches: int, max_runs: int = 4, **changes) -> tuple[int, list[str]]:
+    """Run the pipeline job until it succeeds with ``batches`` batches stored; the number of runs
+    and the statuses they ended with."""
+    statuses = []
+    for _ in range(max_runs):
+        outcome = lab.job(**changes)
+        statuses.append(outcome.status)
+        if outcome.status == "SUCCEEDED" and lab.ledger_size() >= batches:
+            return len(statuses), statuses
+    raise AssertionError(f"{lab.name}: no run completed after {max_runs}: {statuses}")
+
+
+def ensure_shared_model(base: Settings) -> None:
+    """A production version of the shared model, so that scenarios on it need no training."""
+    s = base.replace(model_name=SHARED_MODEL, group=SHARED_GROUP, day="Monday", train_families="ridge")
+    if registry.production(s) is None:
+        outcome = ray_jobs.run(s, "jobs.pipeline", ["--group", str(s.group), "--day", s.day], timeout_s=900)
+        if outcome.status != "SUCCEEDED" or registry.production(s) is None:
+            raise RuntimeError(f"could not train the shared model: {outcome.logs[-3000:]}")
+
+
+# --- scenarios: each returns what it injected and how long recovery took; the audit follows ---
+
+def api_fault(mode: str) -> Callable[[Lab], dict]:
+    def scenario(lab: Lab) -> dict:
+        assert lab.job().status == "SUCCEEDED"  # batch 1, no fault
+        with FaultProxy(lab.s.data_api, faults={1: mode}, stall_s=6) as proxy:
+            started = time.monotonic()
+            runs, statuses = until_done(lab, 2, data_api_url=proxy.url, data_api_timeout_s=2.0,
+                                        data_api_backoff_s=0.2)
+            assert proxy.injected == [(1, mode)], proxy.injected
+        return {"batches": 2, "runs_to_recover": runs, "statuses": statuses,
+                "recover_s": time.monotonic() - started}
+    return scenario
+
+
+def kill_driver(point: str, batches: int = 1) -> Callable[[Lab], dict]:
+    def scenario(lab: Lab) -> dict:
+        killed = lab.job(**_fault(lab, point))
+        assert killed.status == "FAILED" and lab.fired(point), (killed.status, killed.logs[-2000:])
+        started = time.monotonic()
+        runs, statuses = until_done(lab, batches)
+        return {"batches": batches, "runs_to_recover": runs, "statuses": ["FAILED", *statuses],
+                "recover_s": time.monotonic() - started}
+    return scenario
+
+
+def kill_postgres(point: str) -> Callable[[Lab], dict]:
+    """Stop the job at ``point``, SIGKILL every PostgreSQL process, restart the server, let the job
+    go on (it fails on its dead connections), then re-run."""
+    def scenario(lab: Lab) -> dict:
+        job_id = ray_jobs.submit(lab.faulted(point, "wait"), "jobs.pipeline", lab.args())
+        try:
+            lab.wait_reached(point, job_id)
+            killed = kill_server(lab.s)
+            started = time.monotonic()
+            postgres.start(lab.s)
+        finally:
+            lab.release(point)
+        first = ray_jobs.wait(lab.s, job_id, timeout_s=900)
+        runs, statuses = until_done(lab, 1)
+        return {"batches": 1, "runs_to_recover": runs, "statuses": [first.status, *statuses],
+                "postgres_processes_killed": killed, "recover_s": time.monotonic() - started}
+    return scenario
+
+
+def kill_server(s: Settings) -> int:
+    """SIGKILL the stack's PostgreSQL server and every one of its processes; how many there were."""
+    pid = postgres.running_pid(s)
+    tree = [pid, *processes.descendants(pid)]
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(processes.alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(tree)
+
+
+def kill_tune_worker(lab: Lab) -> dict:
+    """SIGKILL the Ray worker running a Tune trial after its first report: Tune restarts the trial."""
+    started = time.monotonic()
+    outcome = lab.job(**_fault(lab, "train.trial_step"))
+    assert lab.fired("train.trial_step"), "the trial never reached its kill point"
+    runs, statuses = (1, [outcome.status]) if outcome.status == "SUCCEEDED" else until_done(lab, 1)
+    summary = outcome.summary if outcome.status == "SUCCEEDED" else {}
+    return {"batches": 1, "runs_to_recover": runs, "statuses": statuses, "recover_s": time.monotonic() - started,
+            "completed_in_the_killed_run": outcome.status == "SUCCEEDED",
+            "trials_failed": len(((summary.get("batches") or [{}])[-1] or {}).get("trials_failed") or [])}
+
+
+def concurrent_pipelines(lab: Lab) -> dict:
+    """Two pipeline jobs for the same (group, day) at once: one waits for the other's lock."""
+    started = time.monotonic()
+    ids = [ray_jobs.submit(lab.s, "jobs.pipeline", lab.args()) for _ in range(2)]
+    outcomes = [ray_jobs.wait(lab.s, job_id, timeout_s=900) for job_id in ids]
+    numbers = sorted(o.summary["batches"][0]["batch_number"] for o in outcomes if o.summary.get("batches"))
+    assert [o.status for o in outcomes] == ["SUCCEEDED"] * 2 and numbers == [1, 2], (numbers, outcomes)
+    return {"batches": 2, "runs_to_recover": 0, "statuses": [o.status for o in outcomes],
+            "recover_s": time.monotonic() - started}
+
+
+def _fault(lab: Lab, point: str, action: str = "kill") -> dict:
+    return {"fault_point": point, "fault_action": action}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    injected: str
+    run: Callable[[Lab], dict]
+    trains: bool = False  # a fresh model: the first batch trains and is promoted
+    changes: tuple = ()
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("api_cut", "data API connection closed mid-body after serving batch 2", api_fault("cut")),
+    Scenario("api_timeout", "data API silent past the client's timeout after counting batch 2", api_fault("stall")),
+    Scenario("api_5xx", "data API answered 503 after counting batch 2", api_fault("error")),
+    Scenario("api_garbage", "data API answered 200 with a body that is not a batch (batch 2)", api_fault("garbage")),
+    Scenario("pg_kill_ingest_copy", "SIGKILL every PostgreSQL process during ingest's COPY",
+             kill_postgres("ingest.after_copy")),
+    Scenario("pg_kill_process_copy", "SIGKILL every PostgreSQL process during processing's COPY",
+             kill_postgres("process.after_copy")),
+    Scenario("pg_kill_promotion", "SIGKILL every PostgreSQL process during promotion (verdict written)",
+             kill_postgres("promote.before_alias"), trains=True),
+    Scenario("kill_ingest", "SIGKILL the driver after the API served the batch", kill_driver("ingest.after_fetch")),
+    Scenario("kill_process", "SIGKILL the driver after processing's COPY, before COMMIT",
+             kill_driver("process.after_copy")),
+    Scenario("kill_decide", "SIGKILL the driver before the decision is written", kill_driver("decide.before_record")),
+    Scenario("kill_train_before_register", "SIGKILL the driver before the version is registered",
+             kill_driver("train.before_register"), trains=True),
+    Scenario("kill_train_after_register", "SIGKILL the driver after registering, before recording",
+             kill_driver("train.after_register"), trains=True),
+    Scenario("kill_promote_before_alias", "SIGKILL the driver after the verdict, before the alias moves",
+             kill_driver("promote.before_alias"), trains=True),
+    Scenario("kill_promote_after_alias", "SIGKILL the driver after the alias moved, before tags and outcome",
+             kill_driver("promote.after_alias"), trains=True),
+    Scenario("kill_tune_worker", "SIGKILL the Ray worker of a Tune trial after its first report",
+             kill_tune_worker, trains=True, changes=(("train_families", "random_forest"),)),
+    Scenario("concurrent_pipelines", "two pipeline jobs for the same (group, day) at once", concurrent_pipelines),
+)
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def run_scenario(base: Settings, scenario: Scenario, workdir: Path) -> dict:
+    """Run one scenario on its own (group, day) and account for it."""
+    if not scenario.trains:
+        ensure_shared_model(base)
+    lab = Lab.make(base, scenario.name, workdir, scenario.trains, **dict(scenario.changes))
+    started = time.monotonic()
+    outcome = scenario.run(lab)
+    report = lab.account(outcome["batches"])
+    return {"scenario": scenario.name, "injected": scenario.injected, **outcome,
+            "seconds": time.monotonic() - started, **{k: report[k] for k in
+            ("rows_lost", "rows_duplicated", "decisions_dropped", "extra_versions", "problems", "production_version")}}
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'scenario':<28} {'lost':>5} {'dup':>5} {'dropped':>7} {'versions+':>9} {'runs':>4} {'recover s':>9}"
+            "  injected")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['scenario']:<28} {r['rows_lost']:>5} {r['rows_duplicated']:>5} {r['decisions_dropped']:>7} "
+                     f"{r['extra_versions']:>9} {r['runs_to_recover']:>4} {r['recover_s']:>9.1f}  {r['injected']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import tempfile
+
+    from bench.common import parser, private_stack
+    from cluster.stack import TRAINING
+
+    p = parser(__doc__)
+    p.add_argument("--only", nargs="*", default=None, help="scenario names (default: all)")
+    args = p.parse_args()
+    chosen = [BY_NAME[n] for n in args.only] if args.only else list(SCENARIOS)
+    if args.quick:
+        chosen = [s for s in chosen if not s.trains][:4]
+    rows = []
+    with private_stack(0.02, only=TRAINING) as settings, tempfile.TemporaryDirectory() as tmp:
+        ray_jobs.use_cluster_auth(settings)
+        for scenario in chosen:
+            row = run_scenario(settings, scenario, Path(tmp))
+            print(f"{row['scenario']}: lost {row['rows_lost']}, duplicated {row['rows_duplicated']}, "
+                  f"dropped {row['decisions_dropped']}, {row['seconds']:.0f}s", flush=True)
+            rows.append(row)
+    print(table(rows))
+    totals = {k: sum(r[k] for r in rows) for k in ("rows_lost", "rows_duplicated", "decisions_dropped")}
+    print(json.dumps({"scenarios": len(rows), **totals,
+                      **{r["scenario"]: {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()
+                                         if k != "scenario"} for r in rows}}, default=str))
+
+
+if __name__ == "__main__":
+    main()
