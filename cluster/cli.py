@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     p_api.add_argument("--scale", type=float, default=None)
     p_api.add_argument("--seed", type=int, default=None)
     p_api.add_argument("--source", default=None, help="a realtor CSV to serve instead of the generator")
+    p_af = sub.add_parser("airflow", help="the stack's Airflow CLI (e.g. 'dags pause tasador_retraining')")
+    p_af.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the airflow command")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -41,6 +43,14 @@ def main(argv: list[str] | None = None) -> None:
               args.seed if args.seed is not None else settings.data_api_seed,
               args.source if args.source is not None else settings.data_api_source)
         return
+
+    if args.command == "airflow":
+        from cluster import airflow
+
+        done = airflow.airflow(settings, *args.args, timeout_s=3600)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        sys.exit(done.returncode)
 
     from cluster import stack
 

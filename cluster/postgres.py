@@ -8,6 +8,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+from cluster import processes
 from tasador import db
 from tasador.settings import Settings
 
@@ -60,6 +61,10 @@ def start(settings: Settings) -> int:
                                   "-E", "UTF8", "--locale=C"]), check=True, capture_output=True)
     pid = running_pid(settings)
     if pid is None:
+        # a server killed with SIGKILL leaves its lock files, and here its postmaster as a zombie that
+        # init may never reap (PostgreSQL then refuses to start: "lock file already exists")
+        for stale in (data / "postmaster.pid", *sock.glob(".s.PGSQL.*")):
+            stale.unlink(missing_ok=True)
         options = (f"-p {settings.pg_port} -c listen_addresses={settings.pg_host} -k {sock}"
                    " -c max_connections=200 -c shared_buffers=256MB -c max_wal_size=4GB")
         subprocess.run(_as_owner([pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w",
@@ -74,11 +79,7 @@ def running_pid(settings: Settings) -> int | None:
     if not pidfile.exists():
         return None
     pid = int(pidfile.read_text().split()[0])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if processes.alive(pid) else None  # a killed server's postmaster may linger as a zombie
 
 
 def stop(settings: Settings) -> None:

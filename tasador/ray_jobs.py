@@ -97,6 +97,9 @@ class JobsApi:
         body = {"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": submission_id}
         return self._call("POST", json=body)["submission_id"]
 
+    def list(self) -> list[dict]:
+        return self._call("GET")
+
     def find(self, job_id: str) -> dict | None:
         """The job's details, or None when the cluster has no job of that id."""
         try:

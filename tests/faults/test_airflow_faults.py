@@ -1,0 +1,63 @@
+"""Airflow's real scheduler (``airflow standalone``, LocalExecutor) runs the cycle on a short schedule,
+and a task that fails after submitting its Ray job is retried by Airflow and re-attaches to that job:
+one Ray job per step of the run, never two."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bench.faults import api_batches
+from cluster import airflow, processes
+from tasador import audit, ray_jobs
+
+pytestmark = [pytest.mark.stack,
+              pytest.mark.skipif(not airflow.available(), reason="Airflow is not installed (.venv-airflow)")]
+GROUP = 4242
+
+
+def scheduled_runs(s) -> list[dict]:
+    listed = airflow.airflow(s, "dags", "list-runs", airflow.DAG_ID, "-o", "json")
+    if listed.returncode != 0:
+        return []
+    return [r for r in json.loads(listed.stdout.strip().splitlines()[-1] or "[]")
+            if r["run_id"].startswith("scheduled__")]
+
+
+def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(fault_stack, tmp_path):
+    s = fault_stack.replace(group=GROUP, day="Monday", model_name="faults-airflow", train_families="ridge",
+                            airflow_instance="airflow_scheduler_test", airflow_port=processes.free_port(),
+                            airflow_schedule="* * * * *", airflow_retries=1, airflow_retry_delay_s=1,
+                            fault_point="airflow.after_submit", fault_action="raise", fault_dir=str(tmp_path))
+    pid = airflow.start(s)  # the schedule goes live: the DAG is unpaused
+    try:
+        deadline = time.monotonic() + 900
+        while not any(r["state"] == "success" for r in scheduled_runs(s)):
+            failed = [r for r in scheduled_runs(s) if r["state"] == "failed"]
+            assert not failed, f"a scheduled run failed: {failed}"
+            assert time.monotonic() < deadline, "no scheduled run succeeded in 15 minutes"
+            time.sleep(3)
+        airflow.set_paused(s, True)
+        run = next(r for r in scheduled_runs(s) if r["state"] == "success")
+    finally:
+        processes.stop_pid(pid)
+    # the first try of ingest failed after submitting; its retry re-attached to that job
+    assert (tmp_path / "airflow.after_submit.fired").exists()
+    jobs = ray_jobs.JobsApi(s).list()
+    base = ray_jobs.submission_id("tasador", airflow.DAG_ID, run["run_id"])
+    mine = sorted(j["submission_id"] for j in jobs if (j.get("submission_id") or "").startswith(base))
+    assert [j.rsplit("-", 2)[-2] for j in mine] == ["decide", "ingest", "process", "promote", "train"], mine
+    assert all(j.endswith("-a1") for j in mine), mine
+    # the other runs' jobs end before the accounting
+    deadline = time.monotonic() + 600
+    while any(j["status"] not in ray_jobs.TERMINAL for j in ray_jobs.JobsApi(s).list()
+              if airflow.DAG_ID in (j.get("submission_id") or "")):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    from tasador.ingest import stored_hashes
+
+    batches = len(stored_hashes(s.raw_db, GROUP, "Monday"))
+    report = audit.audit(s, GROUP, "Monday", api_batches(s, batches))
+    assert report["problems"] == [] and report["trainings"] >= 1 and report["production_version"]
