@@ -14,12 +14,14 @@ produce. The API behind it is the real one, and it counts every batch it serves,
 
 from __future__ import annotations
 
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
 MODES = ("cut", "stall", "error", "garbage")
+BATCH_NUMBER = re.compile(rb'"batch_number":\s*(\d+)')
 
 
 class FaultProxy:
@@ -30,6 +32,7 @@ class FaultProxy:
         self.requests = 0  # every request
         self.data_requests = 0  # GET /data only
         self.injected: list[tuple[int, str]] = []
+        self.served_max = 0  # the highest batch number the API has served through this proxy
         self._closing = threading.Event()
         proxy = self
 
@@ -45,6 +48,8 @@ class FaultProxy:
                 if proxy.requests <= proxy.fail_first:
                     return self._send(proxy.fail_status, b'{"detail": "injected failure"}')
                 upstream = requests.get(proxy.upstream + self.path, timeout=120)  # the API serves (and counts)
+                if self.path.startswith("/data"):
+                    proxy._count(upstream)
                 if mode:
                     proxy.injected.append((proxy.data_requests, mode))
                 if mode == "cut":
@@ -80,6 +85,11 @@ class FaultProxy:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _count(self, upstream: requests.Response) -> None:
+        found = BATCH_NUMBER.search(upstream.content[:300]) if upstream.status_code == 200 else None
+        if found:
+            self.served_max = max(self.served_max, int(found.group(1)))
 
     def close(self):
         self._closing.set()

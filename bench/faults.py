@@ -34,20 +34,28 @@ SHARED_GROUP = 4000
 
 @dataclass
 class Lab:
-    """One scenario's (group, day), model name and fault folder on a stack."""
+    """One scenario's (group, day), model name and fault folder on a stack. Its jobs reach the data
+    API through a proxy that injects the scenario's API faults and records the highest batch number
+    the API served: every one of those batches must be stored in the end."""
     name: str
     s: Settings
     folder: Path
+    proxy: FaultProxy
+    api: str  # the data API itself, for the accounting
 
     @classmethod
-    def make(cls, base: Settings, name: str, workdir: Path, trains: bool, **changes) -> Lab:
+    def make(cls, base: Settings, name: str, workdir: Path, trains: bool, api_faults: dict | None = None,
+             **changes) -> Lab:
         folder = workdir / name
         folder.mkdir(parents=True, exist_ok=True)
         model = f"faults-{name}" if trains else SHARED_MODEL
+        proxy = FaultProxy(base.data_api, faults=api_faults, stall_s=6)
         s = base.replace(group=5000 + zlib.crc32(name.encode()) % 90_000, day="Monday", model_name=model,
                          train_families=changes.pop("train_families", "ridge"), fault_dir=str(folder),
-                         retrain_min_rows=1_000 if trains else 10**9, **changes)
-        return cls(name, s, folder)
+                         retrain_min_rows=1_000 if trains else 10**9, data_api_url=proxy.url,
+                         data_api_timeout_s=2.0 if api_faults else base.data_api_timeout_s,
+                         data_api_backoff_s=0.2, **changes)
+        return cls(name, s, folder, proxy, base.data_api)
 
     def args(self) -> list[str]:
         return ["--group", str(self.s.group), "--day", self.s.day]
@@ -63,8 +71,10 @@ class Lab:
 
         return len(stored_hashes(self.s.raw_db, self.s.group, self.s.day))
 
-    def account(self, batches: int) -> dict:
-        return audit.audit(self.s, self.s.group, self.s.day, api_batches(self.s, batches))
+    def account(self) -> dict:
+        """The audit of the scenario's (group, day) against every batch the API served."""
+        served = api_batches(self.api, self.s.group, self.s.day, self.proxy.served_max)
+        return {**audit.audit(self.s, self.s.group, self.s.day, served), "served": len(served)}
 
     def wait_reached(self, point: str, job_id: str, timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
@@ -83,27 +93,25 @@ class Lab:
         return (self.folder / f"{point}.fired").exists()
 
 
-def api_batches(s: Settings, k: int) -> list[list[dict]]:
+def api_batches(api: str, group: int, day: str, k: int) -> list[list[dict]]:
     """Batches 1..k of (group, day) as the API serves them (restarted, then read in order)."""
     session = requests.Session()
-    params = {"group_number": s.group, "day": s.day}
-    session.get(f"{s.data_api}/restart_data_generation", params=params, timeout=60).raise_for_status()
+    params = {"group_number": group, "day": day}
+    session.get(f"{api}/restart_data_generation", params=params, timeout=60).raise_for_status()
     out = []
     for _ in range(k):
-        resp = session.get(f"{s.data_api}/data", params=params, timeout=300)
+        resp = session.get(f"{api}/data", params=params, timeout=300)
         resp.raise_for_status()
         out.append(resp.json()["data"])
     return out
 
 
-def until_done(lab: Lab, batches: int, max_runs: int = 4, **changes) -> tuple[int, list[str]]:
-    """Run the pipeline job until it succeeds with ``batches`` batches stored; the number of runs
-    and the statuses they ended with."""
+def until_done(lab: Lab, max_runs: int = 4) -> tuple[int, list[str]]:
+    """Re-run the pipeline job until a run succeeds; the number of runs and how each ended."""
     statuses = []
     for _ in range(max_runs):
-        outcome = lab.job(**changes)
-        statuses.append(outcome.status)
-        if outcome.status == "SUCCEEDED" and lab.ledger_size() >= batches:
+        statuses.append(lab.job().status)
+        if statuses[-1] == "SUCCEEDED":
             return len(statuses), statuses
     raise AssertionError(f"{lab.name}: no run completed after {max_runs}: {statuses}")
 
@@ -119,33 +127,28 @@ def ensure_shared_model(base: Settings) -> None:
 
 # --- scenarios: each returns what it injected and how long recovery took; the audit follows ---
 
-def api_fault(mode: str) -> Callable[[Lab], dict]:
-    def scenario(lab: Lab) -> dict:
-        assert lab.job().status == "SUCCEEDED"  # batch 1, no fault
-        with FaultProxy(lab.s.data_api, faults={1: mode}, stall_s=6) as proxy:
-            started = time.monotonic()
-            runs, statuses = until_done(lab, 2, data_api_url=proxy.url, data_api_timeout_s=2.0,
-                                        data_api_backoff_s=0.2)
-            assert proxy.injected == [(1, mode)], proxy.injected
-        return {"batches": 2, "runs_to_recover": runs, "statuses": statuses,
-                "recover_s": time.monotonic() - started}
-    return scenario
+def api_fault(lab: Lab) -> dict:
+    """Batch 1 comes through; the GET of batch 2 meets the lab's API fault; re-run until a run succeeds."""
+    assert lab.job().status == "SUCCEEDED"
+    started = time.monotonic()
+    runs, statuses = until_done(lab)
+    assert [mode for _, mode in lab.proxy.injected] == list(lab.proxy.faults.values()), lab.proxy.injected
+    return {"runs_to_recover": runs, "statuses": statuses, "recover_s": time.monotonic() - started}
 
 
-def kill_driver(point: str, batches: int = 1) -> Callable[[Lab], dict]:
+def kill_driver(point: str) -> Callable[[Lab], dict]:
     def scenario(lab: Lab) -> dict:
         killed = lab.job(**_fault(lab, point))
         assert killed.status == "FAILED" and lab.fired(point), (killed.status, killed.logs[-2000:])
         started = time.monotonic()
-        runs, statuses = until_done(lab, batches)
-        return {"batches": batches, "runs_to_recover": runs, "statuses": ["FAILED", *statuses],
-                "recover_s": time.monotonic() - started}
+        runs, statuses = until_done(lab)
+        return {"runs_to_recover": runs, "statuses": ["FAILED", *statuses], "recover_s": time.monotonic() - started}
     return scenario
 
 
 def kill_postgres(point: str) -> Callable[[Lab], dict]:
     """Stop the job at ``point``, SIGKILL every PostgreSQL process, restart the server, let the job
-    go on (it fails on its dead connections), then re-run."""
+    go on (it fails on its dead connections, or reconnects and finishes), then re-run if it failed."""
     def scenario(lab: Lab) -> dict:
         job_id = ray_jobs.submit(lab.faulted(point, "wait"), "jobs.pipeline", lab.args())
         try:
@@ -156,9 +159,9 @@ def kill_postgres(point: str) -> Callable[[Lab], dict]:
         finally:
             lab.release(point)
         first = ray_jobs.wait(lab.s, job_id, timeout_s=900)
-        runs, statuses = until_done(lab, 1)
-        return {"batches": 1, "runs_to_recover": runs, "statuses": [first.status, *statuses],
-                "postgres_processes_killed": killed, "recover_s": time.monotonic() - started}
+        runs, statuses = (0, []) if first.status == "SUCCEEDED" else until_done(lab)
+        return {"runs_to_recover": runs, "statuses": [first.status, *statuses], "postgres_processes_killed": killed,
+                "recover_s": time.monotonic() - started}
     return scenario
 
 
@@ -180,11 +183,9 @@ def kill_tune_worker(lab: Lab) -> dict:
     started = time.monotonic()
     outcome = lab.job(**_fault(lab, "train.trial_step"))
     assert lab.fired("train.trial_step"), "the trial never reached its kill point"
-    runs, statuses = (1, [outcome.status]) if outcome.status == "SUCCEEDED" else until_done(lab, 1)
-    summary = outcome.summary if outcome.status == "SUCCEEDED" else {}
-    return {"batches": 1, "runs_to_recover": runs, "statuses": statuses, "recover_s": time.monotonic() - started,
-            "completed_in_the_killed_run": outcome.status == "SUCCEEDED",
-            "trials_failed": len(((summary.get("batches") or [{}])[-1] or {}).get("trials_failed") or [])}
+    runs, statuses = (0, [outcome.status]) if outcome.status == "SUCCEEDED" else until_done(lab)
+    return {"runs_to_recover": runs, "statuses": statuses, "recover_s": time.monotonic() - started,
+            "completed_in_the_killed_run": outcome.status == "SUCCEEDED"}
 
 
 def concurrent_pipelines(lab: Lab) -> dict:
@@ -194,8 +195,7 @@ def concurrent_pipelines(lab: Lab) -> dict:
     outcomes = [ray_jobs.wait(lab.s, job_id, timeout_s=900) for job_id in ids]
     numbers = sorted(o.summary["batches"][0]["batch_number"] for o in outcomes if o.summary.get("batches"))
     assert [o.status for o in outcomes] == ["SUCCEEDED"] * 2 and numbers == [1, 2], (numbers, outcomes)
-    return {"batches": 2, "runs_to_recover": 0, "statuses": [o.status for o in outcomes],
-            "recover_s": time.monotonic() - started}
+    return {"runs_to_recover": 0, "statuses": [o.status for o in outcomes], "recover_s": time.monotonic() - started}
 
 
 def _fault(lab: Lab, point: str, action: str = "kill") -> dict:
@@ -209,13 +209,18 @@ class Scenario:
     run: Callable[[Lab], dict]
     trains: bool = False  # a fresh model: the first batch trains and is promoted
     changes: tuple = ()
+    api_faults: tuple = ()  # (index of the GET /data, mode)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("api_cut", "data API connection closed mid-body after serving batch 2", api_fault("cut")),
-    Scenario("api_timeout", "data API silent past the client's timeout after counting batch 2", api_fault("stall")),
-    Scenario("api_5xx", "data API answered 503 after counting batch 2", api_fault("error")),
-    Scenario("api_garbage", "data API answered 200 with a body that is not a batch (batch 2)", api_fault("garbage")),
+    Scenario("api_cut", "data API connection closed mid-body after serving batch 2", api_fault,
+             api_faults=((2, "cut"),)),
+    Scenario("api_timeout", "data API silent past the client's timeout after counting batch 2", api_fault,
+             api_faults=((2, "stall"),)),
+    Scenario("api_5xx", "data API answered 503 after counting batch 2", api_fault,
+             api_faults=((2, "error"),)),
+    Scenario("api_garbage", "data API answered 200 with a body that is not a batch (batch 2)", api_fault,
+             api_faults=((2, "garbage"),)),
     Scenario("pg_kill_ingest_copy", "SIGKILL every PostgreSQL process during ingest's COPY",
              kill_postgres("ingest.after_copy")),
     Scenario("pg_kill_process_copy", "SIGKILL every PostgreSQL process during processing's COPY",
@@ -245,11 +250,16 @@ def run_scenario(base: Settings, scenario: Scenario, workdir: Path) -> dict:
     """Run one scenario on its own (group, day) and account for it."""
     if not scenario.trains:
         ensure_shared_model(base)
-    lab = Lab.make(base, scenario.name, workdir, scenario.trains, **dict(scenario.changes))
+    lab = Lab.make(base, scenario.name, workdir, scenario.trains, dict(scenario.api_faults),
+                   **dict(scenario.changes))
     started = time.monotonic()
-    outcome = scenario.run(lab)
-    report = lab.account(outcome["batches"])
-    return {"scenario": scenario.name, "injected": scenario.injected, **outcome,
+    try:
+        outcome = scenario.run(lab)
+        report = lab.account()
+    finally:
+        lab.proxy.close()
+    return {"scenario": scenario.name, "injected": scenario.injected, **outcome, "batches": report["batches"],
+            "served": report["served"],
             "seconds": time.monotonic() - started, **{k: report[k] for k in
             ("rows_lost", "rows_duplicated", "decisions_dropped", "extra_versions", "problems", "production_version")}}
 

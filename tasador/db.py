@@ -165,11 +165,14 @@ CREATE TABLE IF NOT EXISTS alias_moves (
 DDL_BY_DATABASE = {"raw": RAW_DDL, "clean": CLEAN_DDL}
 
 
+LOCK_TIMEOUT_MS = 120_000  # no statement of ours waits longer for a lock (the writer lock sets its own)
+
+
 def connect(url: str, attempts: int = 30, delay_s: float = 1.0) -> psycopg2.extensions.connection:
     """Connect, retrying while the server is starting or restarting (then raise the last error)."""
     for attempt in range(1, attempts + 1):
         try:
-            return psycopg2.connect(url, connect_timeout=10)
+            return psycopg2.connect(url, connect_timeout=10, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
         except psycopg2.OperationalError as exc:
             if attempt == attempts:
                 raise

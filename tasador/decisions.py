@@ -28,6 +28,21 @@ def undecided_batches(settings: Settings, group: int, day: str) -> list[dict]:
         return [{"batch_id": r[0], "batch_number": r[1], "clean_rows": r[2]} for r in cur.fetchall()]
 
 
+def retrain_verdict(production_version: str | None, report: drift.DriftReport | None, rows: int,
+                    min_rows: int) -> tuple[bool, str]:
+    """Retrain or not, and why in words: always without a production model; with one, only when the
+    batch drifted from its data and has at least ``min_rows`` rows."""
+    if production_version is None:
+        return True, "no production model yet: train the first one"
+    if report is None or not report.drifted:
+        described = report.explain() if report else "nothing to compare with"
+        return False, f"no drift against production v{production_version}'s data: {described}"
+    if rows < min_rows:
+        return False, (f"drift found ({report.explain()}) but the batch has only {rows:,} rows "
+                       f"(< {min_rows:,}): not enough to retrain on")
+    return True, f"drift against production v{production_version}'s data: {report.explain()}"
+
+
 def decide(settings: Settings, batch_id: int, production: Production | None) -> dict:
     """Compare the batch with the production model's data, decide, record, return the record."""
     existing = get(settings, batch_id)
@@ -41,15 +56,8 @@ def decide(settings: Settings, batch_id: int, production: Production | None) -> 
     batch = drift.load(settings, [batch_id])
     report = drift.compare(batch, drift.load(settings, reference_ids), settings) if reference_ids else None
     found = bool(report and report.drifted)
-    if production is None:
-        retrain, reason = True, "no production model yet: train the first one"
-    elif not found:
-        retrain, reason = False, f"no drift against production v{production.version}'s data: " + report.explain()
-    elif len(batch) < settings.retrain_min_rows:
-        retrain, reason = False, (f"drift found ({report.explain()}) but the batch has only {len(batch):,} rows "
-                                  f"(< {settings.retrain_min_rows:,}): not enough to retrain on")
-    else:
-        retrain, reason = True, f"drift against production v{production.version}'s data: {report.explain()}"
+    retrain, reason = retrain_verdict(production.version if production else None, report, len(batch),
+                                      settings.retrain_min_rows)
     record = {"batch_id": batch_id, "batch_rows": len(batch), "reference_batches": reference_ids,
               "drift": report.as_dict() if report else {}, "drift_found": found, "retrain": retrain,
               "retrain_reason": reason, "production_version": production.version if production else None}

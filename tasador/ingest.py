@@ -79,9 +79,10 @@ class Ingestion:
         try:
             got = self._fetch()
             faults.point("ingest.after_fetch", self.settings)
-            if got is not EXHAUSTED and got.batch_number == expected:
+            move = first_move(stored, None if got is EXHAUSTED else got.batch_number, suspect)
+            if move == "store":
                 result = store_batch(self.url, got)
-            elif got is EXHAUSTED and not suspect and expected == len(stored) + 1:
+            elif move == "exhausted":
                 result = IngestResult("exhausted", self.group, self.day,
                                       message="the data API has no more batches for this group and day")
             else:
@@ -117,27 +118,22 @@ class Ingestion:
         while True:
             if got is EXHAUSTED:
                 if expected == len(stored) + 1 and last == len(stored):
-                    self._record_recovery(cause, expected, not behind, replayed, verified, "exhausted: nothing missing")
+                    outcome = "exhausted: nothing was missing"
+                    self._record_recovery(cause, expected, not behind, replayed, verified, outcome)
                     return IngestResult("exhausted", self.group, self.day, recovery=self._summary(
-                        cause, expected, not behind, replayed, verified, "exhausted: nothing was missing"),
+                        cause, expected, not behind, replayed, verified, outcome),
                         message="the data API has no more batches (verified by replaying every stored batch)")
                 raise MissingBatch(self._missing(expected, f"the API was exhausted after replaying {replayed} batches"))
             replayed += 1
-            n = last = got.batch_number
-            if n in stored:
-                if stored[n] != got.payload_sha256:
-                    raise BatchConflict(f"replaying group {self.group}, day {self.day!r}: batch {n} is stored with "
-                                        f"payload {stored[n][:12]} but the API now sends {got.payload_sha256[:12]}; "
-                                        f"cannot recover batch {expected} from an API that changed its data")
+            last = got.batch_number
+            if replay_step(stored, expected, got, self.group, self.day) == "verified":
                 verified += 1
-            elif n == expected:
-                outcome = f"stored batch {expected}"
-                result = store_batch(self.url, got, recovery=(cause, not behind, replayed, verified, outcome))
-                result.recovery = self._summary(cause, expected, not behind, replayed, verified, outcome)
-                return result
-            else:
-                raise MissingBatch(self._missing(expected, f"the replay served batch {n} instead"))
-            got = self._fetch()
+                got = self._fetch()
+                continue
+            outcome = f"stored batch {expected}"
+            result = store_batch(self.url, got, recovery=(cause, not behind, replayed, verified, outcome))
+            result.recovery = self._summary(cause, expected, not behind, replayed, verified, outcome)
+            return result
 
     def _missing(self, expected: int, why: str) -> str:
         return (f"batch {expected} of group {self.group}, day {self.day!r} is missing from the raw ledger and could "
@@ -173,6 +169,35 @@ class Ingestion:
     def _close_fetch(self, fetch_id: int, outcome: str) -> None:
         with db.transaction(self.url) as cur:
             cur.execute("UPDATE fetches SET outcome = %s, finished_at = now() WHERE fetch_id = %s", (outcome, fetch_id))
+
+
+def first_move(stored: dict[int, str], got: int | None, suspect: str) -> str:
+    """What to do with the API's answer to a GET (``got``: its batch number, None for "exhausted"):
+    "store" the batch the ledger expects next; accept "exhausted" when no earlier GET may have lost
+    a batch and the ledger has no gap; else "recover" by replaying the API."""
+    expected = next_batch_number(stored)
+    if got is not None and got == expected:
+        return "store"
+    if got is None and not suspect and expected == len(stored) + 1:
+        return "exhausted"
+    return "recover"
+
+
+def replay_step(stored: dict[int, str], expected: int, batch: Batch, group: int, day: str) -> str:
+    """One batch of a replay: "verified" (stored with the same payload) or "store" (the missing one).
+    A stored batch whose payload changed, or a batch past the missing one, ends the recovery."""
+    n = batch.batch_number
+    if n in stored:
+        if stored[n] != batch.payload_sha256:
+            raise BatchConflict(f"replaying group {group}, day {day!r}: batch {n} is stored with payload "
+                                f"{stored[n][:12]} but the API now sends {batch.payload_sha256[:12]}; cannot "
+                                f"recover batch {expected} from an API that changed its data")
+        return "verified"
+    if n == expected:
+        return "store"
+    raise MissingBatch(f"batch {expected} of group {group}, day {day!r} is missing from the raw ledger and could not "
+                       f"be recovered: the replay served batch {n} instead. Nothing after it is stored; run the "
+                       "ingest again to retry the recovery")
 
 
 def stored_hashes(url: str, group: int, day: str) -> dict[int, str]:

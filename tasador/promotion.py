@@ -35,6 +35,19 @@ def load_model(settings: Settings, version: str):
     return mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
 
 
+def verdict(challenger: str, production: str | None, new_rmse: float, old_rmse: float | None, margin: float,
+            rows: int) -> tuple[bool, str]:
+    """Promote or not, and why: without a production model always; else only when the challenger's
+    RMSE beats production's by ``margin`` (a fraction) on the same held-out rows."""
+    if production is None or old_rmse is None:
+        return True, f"no production model: v{challenger} (RMSE ${new_rmse:,.0f}) becomes it"
+    promoted = new_rmse < old_rmse * (1 - margin)
+    word = "beats" if promoted else "does not beat"
+    return promoted, (f"v{challenger} RMSE ${new_rmse:,.0f} {word} production v{production} RMSE ${old_rmse:,.0f} "
+                      f"by the {margin:.0%} margin on the same {rows:,} held-out rows "
+                      f"(change {(new_rmse - old_rmse) / old_rmse:+.1%})")
+
+
 def judge(settings: Settings, challenger: str) -> dict:
     """Score the challenger and production on the same held-out rows: the verdict and its reason."""
     current = production(settings)
@@ -46,18 +59,10 @@ def judge(settings: Settings, challenger: str) -> dict:
     y_log = np.log(held_out["price"].to_numpy(dtype=float))
     X = held_out[list(FEATURES)]
     scores = {"challenger": price_metrics(y_log, load_model(settings, challenger).predict_log(X))}
-    margin = settings.promotion_margin
-    if current is None:
-        rmse = scores["challenger"]["rmse"]
-        promoted, reason = True, f"no production model: v{challenger} (RMSE ${rmse:,.0f}) becomes it"
-    else:
+    if current is not None:
         scores["production"] = price_metrics(y_log, load_model(settings, current.version).predict_log(X))
-        new, old = scores["challenger"]["rmse"], scores["production"]["rmse"]
-        promoted = new < old * (1 - margin)
-        verdict = "beats" if promoted else "does not beat"
-        reason = (f"v{challenger} RMSE ${new:,.0f} {verdict} production v{current.version} RMSE ${old:,.0f} "
-                  f"by the {margin:.0%} margin on the same {len(held_out):,} held-out rows "
-                  f"(change {(new - old) / old:+.1%})")
+    promoted, reason = verdict(challenger, current.version if current else None, scores["challenger"]["rmse"],
+                               scores.get("production", {}).get("rmse"), settings.promotion_margin, len(held_out))
     return {"verdict": "promoted" if promoted else "rejected", "reason": reason, "scores": scores,
             "previous_production": current.version if current else None, "held_out_rows": len(held_out)}
 
