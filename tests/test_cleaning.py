@@ -9,7 +9,7 @@ import pytest
 
 from tasador.cleaning import clean_frame, mark_duplicates, split_key
 from tasador.schema import COLUMNS
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, needs_samples
 
 TODAY = dt.date(2026, 11, 22)
 
@@ -87,6 +87,7 @@ def test_relisted_property_shares_its_id_and_split_bucket():
 
 @pytest.mark.parametrize("name", ["pjayajothi_realtor-data_head999.csv", "cmaldikar_realtor-data_head1MiB.csv",
                                   "eshaank1_realtor-data_NJ_PA_NY_10col.csv"])
+@needs_samples
 def test_real_samples_every_row_is_clean_or_rejected(name):
     raw = sample(name)
     out = mark_duplicates(clean_frame(raw, 10_000, 1e8, TODAY))
@@ -97,6 +98,7 @@ def test_real_samples_every_row_is_clean_or_rejected(name):
     assert (clean["price"] >= 10_000).all()
 
 
+@needs_samples
 def test_verbatim_sample_keeps_its_rows():
     out = clean_frame(sample("pjayajothi_realtor-data_head999.csv"), 10_000, 1e8, TODAY)
     assert out["reason"].isna().all()  # 299 house_size 0 = unknown, 2 US-style dates: all kept
@@ -104,6 +106,7 @@ def test_verbatim_sample_keeps_its_rows():
     assert out["prev_sold_date"].notna().sum() == 2
 
 
+@needs_samples
 def test_ten_column_sample_has_exact_duplicates_found():
     out = mark_duplicates(clean_frame(sample("eshaank1_realtor-data_NJ_PA_NY_10col.csv"), 10_000, 1e8, TODAY))
     assert out["reason"].str.startswith("exact duplicate").sum() > 500

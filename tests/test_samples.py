@@ -12,7 +12,9 @@ from data_api.sources import CsvSource
 from tasador.api_client import Batch
 from tasador.ingest import store_batch
 from tasador.schema import COLUMNS
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, needs_samples
+
+pytestmark = needs_samples
 
 SAMPLE_FILES = sorted(SAMPLES.glob("*.csv"))
 
