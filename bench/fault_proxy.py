@@ -9,7 +9,8 @@ produce. The API behind it is the real one, and it counts every batch it serves,
 - ``refuse``: the request is answered 503 *without* reaching the API (``fail_first``).
 
 ``faults`` maps the 1-based index of a ``GET /data`` request to the fault it gets; other requests
-(and ``/restart_data_generation``) pass through unchanged.
+(and ``/restart_data_generation``) pass through unchanged. ``position`` follows the API's counter
+(the last batch it served since its last restart): every batch up to it must end up stored.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class FaultProxy:
         self.requests = 0  # every request
         self.data_requests = 0  # GET /data only
         self.injected: list[tuple[int, str]] = []
-        self.served_max = 0  # the highest batch number the API has served through this proxy
+        self.position = 0  # the API's counter as seen through the proxy: its last batch since a restart
         self._closing = threading.Event()
         proxy = self
 
@@ -50,6 +51,8 @@ class FaultProxy:
                 upstream = requests.get(proxy.upstream + self.path, timeout=120)  # the API serves (and counts)
                 if self.path.startswith("/data"):
                     proxy._count(upstream)
+                elif self.path.startswith("/restart_data_generation") and upstream.ok:
+                    proxy.position = 0
                 if mode:
                     proxy.injected.append((proxy.data_requests, mode))
                 if mode == "cut":
@@ -89,7 +92,7 @@ class FaultProxy:
     def _count(self, upstream: requests.Response) -> None:
         found = BATCH_NUMBER.search(upstream.content[:300]) if upstream.status_code == 200 else None
         if found:
-            self.served_max = max(self.served_max, int(found.group(1)))
+            self.position = int(found.group(1))
 
     def close(self):
         self._closing.set()

@@ -35,8 +35,8 @@ SHARED_GROUP = 4000
 @dataclass
 class Lab:
     """One scenario's (group, day), model name and fault folder on a stack. Its jobs reach the data
-    API through a proxy that injects the scenario's API faults and records the highest batch number
-    the API served: every one of those batches must be stored in the end."""
+    API through a proxy that injects the scenario's API faults and follows the API's counter: every
+    batch up to it must be stored in the end."""
     name: str
     s: Settings
     folder: Path
@@ -73,7 +73,7 @@ class Lab:
 
     def account(self) -> dict:
         """The audit of the scenario's (group, day) against every batch the API served."""
-        served = api_batches(self.api, self.s.group, self.s.day, self.proxy.served_max)
+        served = api_batches(self.api, self.s.group, self.s.day, self.proxy.position)
         return {**audit.audit(self.s, self.s.group, self.s.day, served), "served": len(served)}
 
     def wait_reached(self, point: str, job_id: str, timeout_s: float = 600) -> None:

@@ -33,7 +33,12 @@ def run(settings: Settings, scale: float | None = None) -> int:
         settings = settings.replace(data_api_scale=scale)
     stack.up(settings)
     try:
-        through_airflow(settings) if airflow.available() else through_ray_jobs(settings)
+        if "airflow" in stack.components(settings):  # the stack runs Airflow's scheduler
+            through_airflow(settings)
+        elif airflow.available():
+            through_dags_test(settings)
+        else:
+            through_ray_jobs(settings)
         failed = None
     except JobFailed as exc:
         failed = exc
@@ -59,8 +64,6 @@ def through_ray_jobs(settings: Settings) -> None:
 def through_airflow(settings: Settings) -> None:
     """One run of the DAG per batch, triggered through Airflow's scheduler (the path its schedule
     takes) and followed to its end, until a run ingests nothing (exhausted)."""
-    if not settings.airflow_server:  # no scheduler in this stack: run the DAG in-process
-        return through_dags_test(settings)
     started = int(time.time())
     n = 0
     while True:

@@ -40,8 +40,10 @@ class DataApiClient:
         self.session = requests.Session()
 
     def next_batch(self, group: int, day: str) -> Batch:
-        """GET /data: the next batch. Retries 5xx, timeouts and connection errors with exponential
-        backoff; raises BatchesExhausted on the API's 400 'exhausted' answer."""
+        """GET /data: the next batch. Retries 5xx, timeouts, connection errors and bodies cut short with
+        exponential backoff; raises BatchesExhausted on the API's 400 'exhausted' answer. A retry may
+        skip the batch the failed attempt made the API count: ``tasador.ingest`` notices by the batch
+        number and recovers it."""
         url = f"{self.base_url}/data"
         body = self._get(url, {"group_number": group, "day": day})
         try:
@@ -61,7 +63,7 @@ class DataApiClient:
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.get(url, params=params, timeout=self.timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code == 200:

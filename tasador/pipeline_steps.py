@@ -16,7 +16,7 @@ import logging
 
 from psycopg2.extras import Json
 
-from tasador import db, decisions, locks
+from tasador import db, decisions, faults, locks
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def train_pending(settings: Settings, group: int, day: str, force: bool = False)
         if version is None:
             _end_stale_runs(settings, training_id)
             result = training.train(settings, trigger, training_id, pending)
+            faults.point("train.after_register", settings)
             status = "trained"
         else:  # a crashed run registered it: record it, do not train again
             result = _result_from_registry(settings, version)

@@ -88,3 +88,16 @@ def test_promotion_verdict():
     assert promoted and "v2 RMSE $49,000 beats production v1 RMSE $50,000 by the 1% margin" in reason
     promoted, reason = verdict("2", "1", 49_800, 50_000, 0.01, 1_000)  # better, but within the margin
     assert not promoted and "does not beat" in reason and "(change -0.4%)" in reason
+
+
+def test_every_fault_point_is_placed_in_the_code_once():
+    """A fault point named in tasador/faults.py but never called would make its scenario pass vacuously."""
+    import re
+    from pathlib import Path
+
+    from tasador.faults import POINTS
+
+    root = Path(__file__).resolve().parent.parent
+    code = "".join(p.read_text() for d in ("tasador", "airflow_dags", "jobs") for p in (root / d).rglob("*.py"))
+    placed = re.findall(r'faults\.point\("([a-z_.]+)"', code)
+    assert sorted(placed) == sorted(POINTS)
