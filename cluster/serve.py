@@ -12,6 +12,7 @@ from pathlib import Path
 import requests
 import yaml
 
+from tasador import secret_files
 from tasador.ray_jobs import token_path
 from tasador.settings import Settings
 
@@ -22,11 +23,8 @@ def with_admin_token(settings: Settings) -> Settings:
     """The admin token from the settings (the environment), else one kept in the state dir (0600)."""
     if settings.serve_admin_token:
         return settings
-    path = settings.state_path / "serve_admin_token"
-    if not path.is_file():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return settings.replace(serve_admin_token=path.read_text().strip())
+    token = secret_files.ensure(settings.state_path / "serve_admin_token", lambda: secrets.token_urlsafe(32))
+    return settings.replace(serve_admin_token=token)
 
 
 def config(settings: Settings) -> dict:

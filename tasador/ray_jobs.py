@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import requests
 
+from tasador import secret_files
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,7 @@ def token_path(settings: Settings) -> Path:
 def auth_env(settings: Settings) -> dict[str, str]:
     """The environment every Ray process and client of the local cluster needs; creates the token."""
     path = token_path(settings)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+    secret_files.ensure(path)
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
 
 
