@@ -57,11 +57,14 @@ def use_cluster_auth(settings: Settings) -> None:
 
 
 def token(settings: Settings) -> str | None:
-    """Ray's token for this cluster: the environment's, else the local stack's token file."""
+    """Ray's token for this settings' cluster: the local stack's token file when it has one (a process
+    may talk to several local stacks: tests, benchmarks), else the environment's."""
+    if token_path(settings).is_file():
+        return token_path(settings).read_text().strip()
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or token_path(settings))
-    return path.read_text().strip() if path.is_file() else None
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(path).read_text().strip() if path and Path(path).is_file() else None
 
 
 class JobsApi:

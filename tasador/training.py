@@ -229,6 +229,7 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
     example = ds.frame[ds.test][list(FEATURES)].head(5)
     sample = ds.frame[ds.test][list(FEATURES)].head(2000)
     importance = explain.global_importance(model, sample)
+    mlflow_client(settings)  # this settings' server, whatever this process talked to before
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sklearn.log_model(
             model, name="model", input_example=example, signature=infer_signature(example, model.predict(example)),
@@ -239,7 +240,6 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
             **{f"metric_{k}": f"{v:.6g}" for k, v in test.items()}, "shap_importance": json.dumps(importance)}
     # the version and all its tags (the training_id among them) in one request: a version is never
     # without the tag that lets a re-run after a crash find it
-    mlflow_client(settings)
     registered = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
     return str(registered.version)
 
