@@ -118,11 +118,13 @@ def test_the_decision_records_training_and_promotion(settings, trained):
     train, promoted = trained
     conn = psycopg2.connect(settings.clean_db)
     with conn.cursor() as cur:
-        cur.execute("SELECT retrain, training->>'version', promoted, promotion_reason FROM decisions"
-                    " WHERE batch_id = %s", (promoted["batch_id"],))
-        retrain, version, was_promoted, reason = cur.fetchone()
+        cur.execute("SELECT d.retrain, d.training->>'version', d.promoted, d.promotion_reason, t.version, t.verdict"
+                    " FROM decisions d JOIN trainings t USING (training_id) WHERE d.batch_id = %s",
+                    (train["batch_id"],))
+        retrain, version, was_promoted, reason, trained, verdict = cur.fetchone()
     conn.close()
-    assert retrain and version == train["version"] and was_promoted and reason == promoted["reason"]
+    assert retrain and version == trained == train["version"] and was_promoted and reason == promoted["reason"]
+    assert verdict == "promoted" and promoted["training_id"] == train["training_id"]
 
 
 def test_s3_artifacts_round_trip_through_an_s3_compatible_server(settings, trained, tmp_path):
@@ -148,9 +150,9 @@ def test_s3_artifacts_round_trip_through_an_s3_compatible_server(settings, train
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                requests.get(f"http://127.0.0.1:{port}", timeout=1)
+                requests.get(f"http://127.0.0.1:{port}", timeout=5)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
                 time.sleep(0.2)
         pid = mlflow_server.start(s3)
         os.environ["MLFLOW_S3_ENDPOINT_URL"] = s3.mlflow_s3_endpoint_url
