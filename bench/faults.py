@@ -198,6 +198,81 @@ def concurrent_pipelines(lab: Lab) -> dict:
     return {"runs_to_recover": 0, "statuses": [o.status for o in outcomes], "recover_s": time.monotonic() - started}
 
 
+def scheduled_runs(s: Settings) -> list[dict]:
+    """The DAG's scheduled runs, newest first."""
+    from cluster import airflow
+
+    listed = airflow.airflow(s, "dags", "list-runs", airflow.DAG_ID, "-o", "json")
+    if listed.returncode != 0:
+        return []
+    return [r for r in json.loads(listed.stdout.strip().splitlines()[-1] or "[]")
+            if r["run_id"].startswith("scheduled__")]
+
+
+def with_scheduler(s: Settings) -> Settings:
+    """An Airflow instance of the lab's own, on a one-minute schedule, whose first task to submit a
+    Ray job fails right after (``airflow.after_submit``) and is retried by Airflow a second later."""
+    return s.replace(airflow_instance=f"airflow_{s.model_name.replace('-', '_')}", airflow_port=processes.free_port(),
+                     airflow_schedule="* * * * *", airflow_retries=1, airflow_retry_delay_s=1,
+                     fault_point="airflow.after_submit", fault_action="raise")
+
+
+def first_scheduled_run(s: Settings, timeout_s: float = 900) -> dict:
+    """Wait for the scheduler's first run to succeed; no scheduled run may fail."""
+    deadline = time.monotonic() + timeout_s
+    while not any(r["state"] == "success" for r in scheduled_runs(s)):
+        assert not [r for r in scheduled_runs(s) if r["state"] == "failed"], scheduled_runs(s)
+        assert time.monotonic() < deadline, f"no scheduled run succeeded in {timeout_s:.0f}s"
+        time.sleep(3)
+    return scheduled_runs(s)[-1]  # the oldest: list-runs puts the newest first
+
+
+def pause_and_settle(s: Settings, timeout_s: float = 900) -> None:
+    """Pause the schedule and let a run under way end (a queued run stays queued while paused)."""
+    from cluster import airflow
+
+    airflow.set_paused(s, True)
+    deadline = time.monotonic() + timeout_s
+    while any(r["state"] == "running" for r in scheduled_runs(s)):
+        assert time.monotonic() < deadline, "a scheduled run did not end"
+        time.sleep(3)
+    assert all(r["state"] in ("success", "queued") for r in scheduled_runs(s)), scheduled_runs(s)
+
+
+def jobs_of_run(s: Settings, run_id: str) -> list[str]:
+    """The Ray jobs the DAG run submitted, by id; asserting one attempt per step, each succeeded, and
+    that the fault fired (the first try of a task failed after submitting, and its retry re-attached)."""
+    from cluster import airflow
+
+    assert (Path(s.fault_dir) / "airflow.after_submit.fired").exists(), "no task failed after submitting"
+    jobs = ray_jobs.JobsApi(s).list()
+    base = ray_jobs.submission_id("tasador", airflow.DAG_ID, run_id)
+    mine = sorted(j["submission_id"] for j in jobs if (j.get("submission_id") or "").startswith(base))
+    assert all(j.endswith("-a1") for j in mine), mine
+    assert all(j["status"] == "SUCCEEDED" for j in jobs if airflow.DAG_ID in (j.get("submission_id") or ""))
+    return mine
+
+
+def airflow_task_retry(lab: Lab) -> dict:
+    """The real scheduler runs the cycle; its ingest task fails after submitting the Ray job and is
+    retried by Airflow, which re-attaches to that job: one Ray job per step, never two."""
+    from cluster import airflow
+
+    s = with_scheduler(lab.s)
+    pid = airflow.start(s)
+    try:
+        run = first_scheduled_run(s)
+        started = time.monotonic()
+        pause_and_settle(s)
+    finally:
+        processes.stop_pid(pid)
+    jobs = jobs_of_run(s, run["run_id"])
+    steps = [j.rsplit("-", 2)[-2] for j in jobs]
+    assert steps == ["decide", "ingest", "process", "promote", "train"], jobs
+    return {"runs_to_recover": 1, "statuses": ["up_for_retry", "SUCCEEDED"], "ray_jobs_per_step": 1,
+            "recover_s": time.monotonic() - started}
+
+
 def _fault(lab: Lab, point: str, action: str = "kill") -> dict:
     return {"fault_point": point, "fault_action": action}
 
@@ -210,6 +285,7 @@ class Scenario:
     trains: bool = False  # a fresh model: the first batch trains and is promoted
     changes: tuple = ()
     api_faults: tuple = ()  # (index of the GET /data, mode)
+    needs_airflow: bool = False
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -242,6 +318,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("kill_tune_worker", "SIGKILL the Ray worker of a Tune trial after its first report",
              kill_tune_worker, trains=True, changes=(("train_families", "random_forest"),)),
     Scenario("concurrent_pipelines", "two pipeline jobs for the same (group, day) at once", concurrent_pipelines),
+    Scenario("airflow_task_retry", "an Airflow task fails after submitting its Ray job; Airflow retries it",
+             airflow_task_retry, trains=True, needs_airflow=True),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -283,7 +361,10 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--only", nargs="*", default=None, help="scenario names (default: all)")
     args = p.parse_args()
+    from cluster import airflow
+
     chosen = [BY_NAME[n] for n in args.only] if args.only else list(SCENARIOS)
+    chosen = [s for s in chosen if airflow.available() or not s.needs_airflow]
     if args.quick:
         chosen = [s for s in chosen if not s.trains][:4]
     rows = []
