@@ -26,9 +26,9 @@ def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(fault_stack,
     try:
         first = faults.first_scheduled_run(s)
         demo.through_airflow(s)  # the main job's path: a triggered run per batch until one ingests nothing
-        faults.pause_and_settle(s)
     finally:
         processes.stop_pid(pid)
+    faults.settle_after_airflow(s)
     jobs = faults.jobs_of_run(s, first["run_id"])
     assert [j.rsplit("-", 2)[-2] for j in jobs] == ["decide", "ingest", "process", "promote", "train"], jobs
     check_every_batch(s)
