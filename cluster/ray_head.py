@@ -62,7 +62,48 @@ def node_env(settings: Settings, index: int = -1) -> dict[str, str]:
         block = settings.ray_gcs_port + 210 * (index + 1)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
                    RAY_SERVE_HAPROXY_METRICS_PORT=str(block + 7), RAY_SERVE_HAPROXY_STATS_PORT=str(block + 8))
+        env.update(haproxy_env(settings))
     return env
+
+
+def haproxy_dir(settings: Settings) -> Path:
+    """Where this cluster's HAProxy keeps its config and sockets (Ray's default, /tmp/haproxy-serve,
+    is shared by every cluster on the machine). Every HAProxy process of the cluster names a file
+    here on its command line: that is how ``stop_haproxy`` finds the ones Ray re-executed.
+    HAProxy refuses socket paths over 97 bytes and Ray adds the 56-character node id, so the
+    directory is short: /tmp/thap-<hash of the state dir>."""
+    return Path("/tmp") / f"thap-{hashlib.sha1(str(settings.state_path).encode()).hexdigest()[:8]}"
+
+
+def haproxy_env(settings: Settings) -> dict[str, str]:
+    d = haproxy_dir(settings)
+    return {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(d / "metrics.sock")}
+
+
+def haproxy_pids(settings: Settings) -> list[int]:
+    """PIDs of HAProxy processes serving this cluster (their config lies in ``haproxy_dir``)."""
+    import psutil
+
+    mine = f"{haproxy_dir(settings)}/"
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "haproxy" in (proc.info["name"] or "") and any(arg.startswith(mine) for arg in cmdline):
+            found.append(proc.info["pid"])
+    return found
+
+
+def stop_haproxy(settings: Settings) -> list[int]:
+    """Stop, by PID, the HAProxy processes this cluster's Serve proxies started and left behind
+    (Ray re-executes HAProxy on every reload; the new process outlives the proxy actor). Returns them."""
+    pids = haproxy_pids(settings)
+    for pid in pids:
+        processes.stop_pid(pid, timeout_s=5)
+    return pids
 
 
 def start(settings: Settings) -> int:

@@ -65,6 +65,19 @@ def deploy(settings: Settings, timeout_s: float = 180) -> dict:
     raise TimeoutError(f"Serve app not running within {timeout_s:.0f}s: {last}")
 
 
+def shutdown(settings: Settings, timeout_s: float = 90) -> None:
+    """Delete the Serve applications (``serve shutdown``): every replica stops gracefully, so each
+    ``PriceApi`` writes its prediction log's backlog before it exits. Returns once none is left."""
+    requests.delete(f"{settings.ray_dashboard}/api/serve/applications/", headers=_headers(settings),
+                    timeout=30).raise_for_status()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not applications(settings):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Serve applications still there {timeout_s:.0f}s after the delete")
+
+
 def applications(settings: Settings) -> dict:
     resp = requests.get(f"{settings.ray_dashboard}/api/serve/applications/", headers=_headers(settings), timeout=10)
     resp.raise_for_status()

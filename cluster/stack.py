@@ -95,11 +95,25 @@ def down(settings: Settings) -> list[str]:
             continue
         if name == "postgres":
             postgres.stop(settings)
-        elif name not in IN_RAY:
+        elif name == "serve":
+            _stop_serve(settings)
+        elif name == "ray_head":
+            processes.stop_pid(info["pid"])
+            ray_head.stop_haproxy(settings)
+        else:
             processes.stop_pid(info["pid"])
         processes.forget(state, name)
         stopped.append(name)
     return stopped
+
+
+def _stop_serve(settings: Settings) -> None:
+    """Delete the Serve app while the databases are up, so every replica writes its prediction log
+    before it exits (stopping the Ray head would kill them without that)."""
+    try:
+        serve.shutdown(settings)
+    except Exception as exc:  # Ray already gone: nothing left to flush from
+        log.warning("Serve could not be shut down gracefully: %s", exc)
 
 
 def status(settings: Settings) -> dict:

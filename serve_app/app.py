@@ -2,22 +2,30 @@
 and a model deployment for explanations. Import path ``serve_app.app:app``
 (deployed with ``serve deploy serve_app/config.yaml``, or by ``tasador up``).
 
-- ``POST /predict``: one listing or ``{"listings": [...]}`` -> model name, version, one price per listing
+- ``POST /predict``: one listing or ``{"listings": [...]}`` -> model name, version, one price and one
+  ``prediction_id`` per listing. With an ``Idempotency-Key`` header the ids derive from the key, so a
+  retried request answers the same ids and is logged once.
 - ``POST /explain``: the same body -> each feature's SHAP contribution per listing
 - ``GET /model``: the version serving, its family, metrics, batches trained on and why it was promoted
-- ``GET /health``: 200 when a model serves (with the last refused version, if any), else 503
+- ``GET /health``: 200 while a model serves ("ok", or "degraded" with what is wrong: registry or
+  database unreachable and for how long, a refused version, the prediction log's backlog), else 503
 - ``POST /admin/reload``: check the production alias now (``Authorization: Bearer <admin token>``)
-Bad input gets a 422 naming the field, never a 500.
-"""
 
+Bad input gets a 4xx naming the problem, never a 500. Bodies over ``LARGE_BODY_BYTES`` are parsed,
+priced and rendered on a thread of their own (``heavy``), so a 10,000-listing request never holds
+the event loop that answers /health and single listings. Overload is refused by Serve itself
+(``max_queued_requests``, 503 with ``Retry-After``; ``request_timeout_s``), see config.yaml.
+"""
 
 import asyncio
 import hmac
 import json
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -28,18 +36,30 @@ from serve_app.prediction_log import PredictionLog
 from serve_app.schemas import LISTING, Listing, listings_adapter, to_columns
 from tasador.settings import Settings
 
+LARGE_BODY_BYTES = 32_768  # larger bodies leave the event loop (about 100 listings)
+MAX_ERRORS = 20  # validation errors listed per response (the count says how many there were)
+IDEMPOTENCY_KEY = "idempotency-key"
+ID_NAMESPACE = uuid.UUID("6f1f5a43-52a4-4d54-9d2b-7c1f3f0a7a11")  # prediction ids from idempotency keys
+
 _listing_schema = Listing.model_json_schema()
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
     _listing_schema, {"type": "object", "required": ["listings"],
-                      "properties": {"listings": {"type": "array", "items": _listing_schema}}}]}}}}}
+                      "properties": {"listings": {"type": "array", "items": _listing_schema}}}]}}}},
+    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "maxLength": 255},
+                    "description": "A retried request with the same key answers the same prediction ids "
+                                   "and is logged once."}]}
 
 api = FastAPI(title="Tasador price API", version="1",
               description="US real-estate prices from the production model of the Tasador registry.")
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, errors: list[dict] | None = None):
+    """Input the API refuses: ``status`` (422, or 413 for a body too large) and what is wrong."""
+
+    def __init__(self, message: str, errors: list[dict] | None = None, status: int = 422):
         super().__init__(message)
+        self.status = status
         self.errors = errors or [{"field": None, "message": message}]
 
 
@@ -52,6 +72,8 @@ def parse_listings(body: bytes, max_listings: int, batch_adapter) -> list[Listin
         raise BadRequest("the request body is empty: send one listing or {\"listings\": [...]}")
     try:
         payload = json.loads(body)
+    except RecursionError:
+        raise BadRequest("the request body nests JSON too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not JSON: {exc}") from None
     try:
@@ -62,12 +84,41 @@ def parse_listings(body: bytes, max_listings: int, batch_adapter) -> list[Listin
         if isinstance(payload, dict):
             return [LISTING.validate_python(payload)]
     except ValidationError as exc:
+        found = exc.errors(include_url=False)
         errors = [{"field": _field(e["loc"]), "message": e["msg"], "input": _short(e.get("input"))}
-                  for e in exc.errors(include_url=False)]
+                  for e in found[:MAX_ERRORS]]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        raise BadRequest(f"invalid listing: {summary}", errors) from None
+        more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+        raise BadRequest(f"invalid listing: {summary}{more}", errors) from None
+    except RecursionError:
+        raise BadRequest("the request body nests JSON too deeply") from None
     raise BadRequest(f"the body is a JSON {type(payload).__name__}: send one listing object or "
                      "{\"listings\": [...]}")
+
+
+def content_type_problem(content_type: str | None) -> str | None:
+    """None when the body may be read as JSON (no Content-Type, or a JSON one)."""
+    if not content_type:
+        return None
+    media = content_type.split(";")[0].strip().lower()
+    if media in ("application/json", "*/*") or media.endswith("+json"):
+        return None
+    return f"Content-Type {media!r}: send the listings as application/json"
+
+
+def idempotency_problem(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
+        return "the Idempotency-Key header must be 1 to 255 printable ASCII characters"
+    return None
+
+
+def prediction_ids(count: int, key: str | None) -> list[str]:
+    """One id per listing: random, or derived from the idempotency key (a retry gets the same ids)."""
+    if key is None:
+        return [str(uuid.uuid4()) for _ in range(count)]
+    return [str(uuid.uuid5(ID_NAMESPACE, f"{key}/{i}")) for i in range(count)]
 
 
 def _short(value):
@@ -87,50 +138,115 @@ class PriceApi:
         self.explain_adapter = listings_adapter(self.settings.serve_max_explain)
         self.prediction_log = PredictionLog(self.settings, on_logged=self.metrics.logged.inc,
                                             on_lost=self.metrics.lost.inc)
+        self.heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="large-request")
         self.predict_batched.set_max_batch_size(self.settings.serve_batch_max_size)
         self.predict_batched.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
 
+    async def check_health(self):
+        """Serve calls this on the replica's event loop (a wedged loop times it out) and replaces the
+        replica when it raises."""
+        if not self.model.alive():
+            raise RuntimeError(f"no model loaded while the registry names version {self.model.production}, "
+                               "or the alias follower stopped")
+        if not self.prediction_log.alive():
+            raise RuntimeError("the prediction log's writer thread stopped")
+
+    def __del__(self):
+        """A graceful stop (redeploy, scale-down, ``tasador down``): write every buffered prediction."""
+        log = getattr(self, "prediction_log", None)
+        if log is not None:
+            log.close(timeout_s=self.settings.prediction_log_close_s)
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def predict_batched(self, requests: list[dict]) -> list[dict]:
-        """Concurrent /predict requests of this replica: one frame, one vectorised call."""
+        """Concurrent small /predict requests of this replica: one frame, one vectorised call."""
         return self.model.predict(requests)
 
-    def _done(self, route: str, started: float, code: int, body: dict, kind: str | None = None) -> JSONResponse:
+    def _done(self, route: str, started: float, code: int, body: dict | bytes, kind: str | None = None,
+              headers: dict | None = None) -> Response:
         self.metrics.requests.inc(tags={"route": route, "code": str(code)})
         self.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
         if code >= 400:
             self.metrics.errors.inc(tags={"route": route, "kind": kind or str(code)})
-        return JSONResponse(body, status_code=code)
+        if isinstance(body, bytes):
+            return Response(body, status_code=code, media_type="application/json", headers=headers)
+        return JSONResponse(body, status_code=code, headers=headers)
 
-    async def _priced(self, route: str, request: Request, limit: int, adapter, price):
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused past ``serve_max_body_bytes`` without reading the rest."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.settings.serve_max_body_bytes:
+            raise BadRequest(f"the body has {int(declared)} bytes, at most {self.settings.serve_max_body_bytes}",
+                             status=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.settings.serve_max_body_bytes:
+                raise BadRequest(f"the body has more than {self.settings.serve_max_body_bytes} bytes", status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _priced(self, route: str, request: Request, limit: int, adapter, price_small, price_large,
+                      key: str | None = None):
         started = time.perf_counter()
+        problem = content_type_problem(request.headers.get("content-type"))
+        if problem:
+            return self._done(route, started, 415, {"detail": problem, "errors": [
+                {"field": "Content-Type", "message": problem}]}, "unsupported_media_type"), None
+        loop = asyncio.get_running_loop()
         try:
-            listings = parse_listings(await request.body(), limit, adapter)
+            body = await self._body(request)
+            large = len(body) > LARGE_BODY_BYTES
+            if large:
+                listings = await loop.run_in_executor(self.heavy, parse_listings, body, limit, adapter)
+                columns = await loop.run_in_executor(self.heavy, to_columns, listings)
+            else:
+                listings = parse_listings(body, limit, adapter)
+                columns = to_columns(listings)
         except BadRequest as exc:
-            return self._done(route, started, 422, {"detail": str(exc), "errors": exc.errors}, "invalid_input"), None
-        columns = to_columns(listings)
+            refused = {"detail": str(exc), "errors": exc.errors}
+            return self._done(route, started, exc.status, refused, "invalid_input"), None
         try:
-            result = await price(columns)
+            result = await (price_large(columns) if large else price_small(columns))
         except Exception as exc:  # a replica died mid-request: say so, never a bare 500
             return self._done(route, started, 503, {"detail": f"the model is unavailable: {type(exc).__name__}"},
-                              "model_unavailable"), None
+                              "model_unavailable", {"Retry-After": "1"}), None
         if "error" in result:
-            return self._done(route, started, 503, {"detail": result["error"]}, "no_model"), None
+            return self._done(route, started, 503, {"detail": result["error"]}, "no_model",
+                              {"Retry-After": str(int(self.settings.serve_poll_s) + 1)}), None
+        if route == "/predict":
+            ids = prediction_ids(len(result["prices"]), key)
+            result = {**result, "prediction_ids": ids}
+        if large:
+            rendered = await loop.run_in_executor(self.heavy, lambda: json.dumps(result).encode())
+            return self._done(route, started, 200, rendered), (columns, result)
         return self._done(route, started, 200, result), (columns, result)
+
+    def _price_large(self, columns: dict):
+        """One large request, priced on a ``heavy`` thread (never batched with small ones)."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.heavy, lambda: self.model.predict([columns])[0])
 
     @api.post("/predict", openapi_extra=_BODY, summary="Price one listing or a list of listings")
     async def predict(self, request: Request):
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        problem = idempotency_problem(key)
+        if problem:
+            return self._done("/predict", time.perf_counter(), 422, {"detail": problem, "errors": [
+                {"field": "Idempotency-Key", "message": problem}]}, "invalid_input")
         response, priced = await self._priced("/predict", request, self.settings.serve_max_listings,
-                                              self.batch_adapter, self.predict_batched)
+                                              self.batch_adapter, self.predict_batched, self._price_large, key)
         if priced:
             columns, result = priced
-            self.prediction_log.add(columns, result["model_name"], result["model_version"], result["prices"])
+            self.prediction_log.add(result["prediction_ids"], columns, result["model_name"],
+                                    result["model_version"], result["prices"])
         return response
 
     @api.post("/explain", openapi_extra=_BODY, summary="Each feature's SHAP contribution to the price")
     async def explain(self, request: Request):
         response, _ = await self._priced("/explain", request, self.settings.serve_max_explain,
-                                         self.explain_adapter, self.explainer.explain.remote)
+                                         self.explain_adapter, self.explainer.explain.remote,
+                                         self.explainer.explain.remote)
         return response
 
     @api.get("/model", summary="The version serving and its lineage")
@@ -141,14 +257,24 @@ class PriceApi:
             return self._done("/model", started, 503, {"detail": "no production model yet", **info}, "no_model")
         return self._done("/model", started, 200, info["model"])
 
-    @api.get("/health")
+    @api.get("/health", summary="What serves, and what is wrong if anything")
     async def health(self):
         started = time.perf_counter()
         info = self.model.info()
         model = info["model"]
-        body = {"status": "ok" if model and not info["last_error"] else ("degraded" if model else "no_model"),
-                "model_version": model["version"] if model else None, "last_error": info["last_error"],
-                "prediction_log": self.prediction_log.status()}
+        registry = self.model.registry_status()
+        log = self.prediction_log.status()
+        problems = [f"registry unreachable for {registry['unreachable_for_s']}s" if registry["unreachable_for_s"]
+                    is not None else None,
+                    f"version {registry['refused']['version']} refused" if registry["refused"] else None,
+                    f"database unreachable for {log['unreachable_for_s']}s, {log['backlog']} predictions waiting"
+                    if log["unreachable_for_s"] is not None else None]
+        problems = [p for p in problems if p]
+        status = ("degraded" if problems else "ok") if model else "no_model"
+        body = {"status": status, "problems": problems, "model_version": model["version"] if model else None,
+                "registry": registry, "database": {"status": log["database"],
+                                                   "unreachable_for_s": log["unreachable_for_s"]},
+                "prediction_log": log, "last_error": info["last_error"]}
         return self._done("/health", started, 200 if model else 503, body)
 
     @api.post("/admin/reload", summary="Check the production alias now (admin token)")
@@ -161,7 +287,12 @@ class PriceApi:
         if not hmac.compare_digest(given.encode(), token.encode()):
             return self._done("/admin/reload", started, 401, {"detail": "a valid admin token is required"},
                               "unauthorized")
-        here = await asyncio.to_thread(self.model.refresh)
+        try:
+            here = await asyncio.to_thread(self.model.refresh)
+        except Exception as exc:  # the registry is down: say so, keep serving
+            return self._done("/admin/reload", started, 503, {"detail": f"the registry is unreachable: "
+                                                              f"{type(exc).__name__}"}, "registry_unreachable",
+                              {"Retry-After": "5"})
         try:
             explainer = await self.explainer.reload.remote()
         except Exception as exc:  # the explainer follows the alias on its own within serve_poll_s

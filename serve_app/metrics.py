@@ -19,6 +19,7 @@ EXPORTED = {
     "model_version": "ray_tasador_model_version",
     "model_rmse": "ray_tasador_model_rmse",
     "load_failures": "ray_tasador_model_load_failures_total",
+    "bad_prices": "ray_tasador_model_bad_prices_total",
     "logged": "ray_tasador_predictions_logged_total",
     "lost": "ray_tasador_predictions_lost_total",
 }
@@ -50,6 +51,9 @@ class ModelMetrics:
         self.load_failures = metrics.Counter("tasador_model_load_failures",
                                              description="Production versions refused (failed to load or check).",
                                              tag_keys=("version",))
+        self.bad_prices = metrics.Counter("tasador_model_bad_prices",
+                                          description="Listings a serving version priced at NaN or infinity.",
+                                          tag_keys=("version",))
 
     def swapped(self, loaded) -> None:
         if str(loaded.version).isdigit():

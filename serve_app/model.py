@@ -76,6 +76,9 @@ class RegistryLoader:
                 "run_id": mv.run_id}
         return LoadedModel(version, model, info)
 
+    def tag_refusal(self, version: str, error: str) -> None:
+        self.client.set_model_version_tag(self.settings.model_name, version, "serving_refused", error[:4000])
+
 
 def check_model(loaded: LoadedModel) -> None:
     """Refuse a version that cannot price a plain listing sanely."""
@@ -93,6 +96,9 @@ class ProductionModel:
         self.metrics = metrics.ModelMetrics()
         self.current: LoadedModel | None = None
         self.last_error: dict | None = None
+        self.production: str | None = None  # the alias's version when last read
+        self.registry_unreachable_since: float | None = None  # wall time of the first failed read of a streak
+        self.registry_error: str | None = None
         self._failed: dict[str, float] = {}  # version -> when it last failed
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -100,7 +106,8 @@ class ProductionModel:
             self.refresh()
         except Exception:  # the registry is unreachable: start without a model (/health says why), keep trying
             log.exception("the production alias could not be read at start")
-        threading.Thread(target=self._follow_alias, name="follow-production-alias", daemon=True).start()
+        self._thread = threading.Thread(target=self._follow_alias, name="follow-production-alias", daemon=True)
+        self._thread.start()
 
     # -- following the alias -------------------------------------------------------------------
     def _follow_alias(self) -> None:
@@ -118,8 +125,10 @@ class ProductionModel:
             try:
                 wanted = self.loader.production_version()
             except Exception as exc:
-                self.last_error = {"stage": "registry", "error": f"{type(exc).__name__}: {exc}", "at": time.time()}
+                self.registry_unreachable_since = self.registry_unreachable_since or time.time()
+                self.registry_error = f"{type(exc).__name__}: {exc}"[:500]
                 raise
+            self.registry_unreachable_since, self.production = None, wanted
             current = self.current.version if self.current else None
             if wanted is None or wanted == current:
                 if wanted == current:
@@ -138,6 +147,7 @@ class ProductionModel:
                                    "at": time.time()}
                 self.metrics.load_failures.inc(tags={"version": str(wanted)})
                 log.error("production version %s refused, still serving %s: %s", wanted, current, exc)
+                self._tag_refusal(wanted, self.last_error["error"])
                 return {"status": "refused", "version": current, "production": wanted, "error": self.last_error}
             loaded.info["loaded_at"] = time.time()
             loaded.info["load_seconds"] = round(time.perf_counter() - started, 3)
@@ -148,6 +158,27 @@ class ProductionModel:
             log.info("now serving version %s (was %s), loaded in %.2fs", wanted, current,
                      loaded.info["load_seconds"])
             return {"status": "swapped", "version": wanted, "previous": current}
+
+    def _tag_refusal(self, version: str, error: str) -> None:
+        """Say on the version itself why serving refused it (best effort: the registry may be down)."""
+        try:
+            self.loader.tag_refusal(version, error)
+        except Exception as exc:
+            log.warning("could not tag the refusal of version %s: %s", version, exc)
+
+    def alive(self) -> bool:
+        """False when the replica should be replaced: the thread that follows the alias died, or there is
+        a production version (the registry answered) and none is loaded, none refused."""
+        if not self._thread.is_alive():
+            return False
+        return not (self.current is None and self.production is not None and self.production not in self._failed)
+
+    def registry_status(self) -> dict:
+        down = self.registry_unreachable_since
+        return {"status": "unreachable" if down else "ok", "unreachable_for_s": round(time.time() - down, 1)
+                if down else None, "error": self.registry_error if down else None,
+                "production_version": self.production,
+                "refused": self.last_error if self.last_error and self.last_error.get("stage") == "load" else None}
 
     # -- answering --------------------------------------------------------------------------------
     def predict(self, requests: list[dict]) -> list[dict]:
@@ -162,8 +193,15 @@ class ProductionModel:
         self.metrics.batch_size.observe(len(requests))
         self.metrics.rows.observe(len(frame))
         bounds = np.cumsum([0, *sizes])
-        return [{"model_name": current.info.get("name"), "model_version": current.version,
-                 "prices": prices[a:b].round(2).tolist()} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [self._answer(current, prices[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def _answer(self, current: LoadedModel, prices: np.ndarray) -> dict:
+        bad = int((~np.isfinite(prices)).sum())
+        if bad:  # never answer NaN or infinity as a price (JSON cannot even carry it)
+            self.metrics.bad_prices.inc(bad, tags={"version": str(current.version)})
+            return {"error": f"version {current.version} priced {bad} of {len(prices)} listings at no number"}
+        return {"model_name": current.info.get("name"), "model_version": current.version,
+                "prices": prices.round(2).tolist()}
 
     def explain(self, columns: dict) -> dict:
         from tasador.explain import contributions

@@ -1,9 +1,15 @@
 """Every priced listing goes to the raw database's ``predictions`` table, off the request path.
 
-A request only appends its columns to an in-memory buffer (no per-row work, no I/O). A thread writes
-what is buffered every ``prediction_log_flush_s`` with one COPY. If the database is down, rows stay
-buffered (up to ``prediction_log_max_rows``) and are written when it is back; beyond that bound new
-rows are dropped and counted, and serving goes on.
+A request only appends its columns and prediction ids to an in-memory buffer (no per-row work, no
+I/O). A thread writes what is buffered every ``prediction_log_flush_s``: one COPY into a temporary
+table, then one ``INSERT ... ON CONFLICT (prediction_id) DO NOTHING``, in one transaction. A chunk
+sent again (its commit succeeded but the acknowledgement was lost; a client retried with the same
+``Idempotency-Key``) is therefore written once.
+
+If the database is down, rows stay buffered (up to ``prediction_log_max_rows``) and are written when
+it is back; beyond that bound new rows are dropped and counted, and serving goes on. ``close()``
+(a replica's graceful stop) writes everything buffered before the replica exits; a SIGKILL loses
+at most what arrived since the last flush, i.e. one flush interval of rows while the database is up.
 """
 
 from __future__ import annotations
@@ -11,19 +17,35 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import deque
+
+from psycopg2 import sql
 
 from tasador import db
 from tasador.schema import FEATURES
 from tasador.settings import Settings
 
 log = logging.getLogger("ray.serve")
+PROBE_S = 5.0  # how often an idle log checks that the database answers
 
 
 def _text(value) -> str | None:
     if value is None:
         return None
     return value.isoformat() if isinstance(value, dt.date) else str(value)
+
+
+def write_once(cur, rows: list[tuple]) -> int:
+    """Write ``rows`` (``db.PREDICTION_COLUMNS`` order) into ``predictions``; a prediction id already
+    there is skipped. Returns how many rows were new."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, db.PREDICTION_COLUMNS))
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_predictions "
+                "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    db.copy_in(cur, "incoming_predictions", db.PREDICTION_COLUMNS, rows)
+    cur.execute(sql.SQL("INSERT INTO predictions ({c}) SELECT {c} FROM incoming_predictions "
+                        "ON CONFLICT (prediction_id) DO NOTHING").format(c=columns))
+    return cur.rowcount
 
 
 class PredictionLog:
@@ -35,13 +57,21 @@ class PredictionLog:
         self.chunks: deque = deque()
         self.pending = 0
         self.logged = 0
+        self.duplicates = 0  # rows skipped because their prediction id was already written
         self.lost = 0
         self.last_error: str | None = None
+        self.unreachable_since: float | None = None  # wall time of the first failed write of a streak
+        self.last_written_at: float | None = None
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one writer at a time: the thread, or close()
+        self._stop = threading.Event()
         self._conn = None
-        threading.Thread(target=self._run, name="prediction-log", daemon=True).start()
+        self._probed_at = 0.0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
 
-    def add(self, columns: dict[str, list], model_name: str, version: str, prices: list[float]) -> None:
+    def add(self, ids: list[str], columns: dict[str, list], model_name: str, version: str,
+            prices: list[float]) -> None:
         """Called on the request path: O(1), never blocks on the database."""
         n = len(prices)
         with self._lock:
@@ -49,41 +79,91 @@ class PredictionLog:
                 self.lost += n
                 self.on_lost(n)
                 return
-            self.chunks.append((dt.datetime.now(dt.UTC), model_name, version, prices, columns))
+            self.chunks.append((ids, dt.datetime.now(dt.UTC), model_name, version, prices, columns))
             self.pending += n
 
     def _run(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(self.flush_s):
+        while not self._stop.wait(self.flush_s):
             self.flush()
 
     def flush(self) -> int:
-        with self._lock:
-            chunks, self.chunks = list(self.chunks), deque()
-        if not chunks:
-            return 0
-        rows = [(at, name, version, price, *(_text(columns[f][i]) for f in FEATURES))
-                for at, name, version, prices, columns in chunks for i, price in enumerate(prices)]
+        """Write what is buffered now. Returns the rows written (0 when the database is down)."""
+        with self._flushing:
+            with self._lock:
+                chunks, self.chunks = list(self.chunks), deque()
+            if not chunks:
+                self._probe()
+                return 0
+            rows = [(ids[i], at, name, version, price, *(_text(columns[f][i]) for f in FEATURES))
+                    for ids, at, name, version, prices, columns in chunks for i, price in enumerate(prices)]
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = db.connect(self.url, attempts=1)
+                with self._conn, self._conn.cursor() as cur:
+                    new = write_once(cur, rows)
+            except Exception as exc:  # database down or restarting: keep the rows for the next flush
+                self.last_error = f"{type(exc).__name__}: {exc}".strip()
+                self.unreachable_since = self.unreachable_since or time.time()
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                with self._lock:
+                    self.chunks.extendleft(reversed(chunks))
+                log.warning("prediction log: %d rows waiting for the raw database (%s)", self.pending,
+                            self.last_error)
+                return 0
+            with self._lock:
+                self.pending -= len(rows)
+                self.logged += new
+                self.duplicates += len(rows) - new
+            self.last_error, self.unreachable_since, self.last_written_at = None, None, time.time()
+            self.on_logged(new)
+            return new
+
+    def _probe(self) -> None:
+        """With nothing to write, still find out now and then whether the database answers (/health)."""
+        if time.time() - max(self.last_written_at or 0, self._probed_at) < PROBE_S:
+            return
+        self._probed_at = time.time()
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = db.connect(self.url, attempts=1)
             with self._conn, self._conn.cursor() as cur:
-                db.copy_in(cur, "predictions", db.PREDICTION_COLUMNS, rows)
-        except Exception as exc:  # database down or restarting: keep the rows for the next flush
+                cur.execute("SELECT 1")
+            self.last_error, self.unreachable_since = None, None
+        except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}".strip()
+            self.unreachable_since = self.unreachable_since or time.time()
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
+
+    def close(self, timeout_s: float = 20.0) -> int:
+        """Stop the thread and write everything buffered, retrying until ``timeout_s``. Rows still
+        unwritten then are counted as lost (and logged). Returns the rows left unwritten."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            if not self.flush() and self.pending:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        left = self.pending
+        if left:
             with self._lock:
-                self.chunks.extendleft(reversed(chunks))
-            log.warning("prediction log: %d rows waiting for the raw database (%s)", self.pending, self.last_error)
-            return 0
-        with self._lock:
-            self.pending -= len(rows)
-            self.logged += len(rows)
-        self.last_error = None
-        self.on_logged(len(rows))
-        return len(rows)
+                self.lost += left
+                self.pending = 0
+                self.chunks.clear()
+            self.on_lost(left)
+            log.error("prediction log: %d rows could not be written before the replica stopped (%s)",
+                      left, self.last_error)
+        if self._conn is not None:
+            self._conn.close()
+        return left
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() or self._stop.is_set()
 
     def status(self) -> dict:
-        return {"pending": self.pending, "logged": self.logged, "lost": self.lost, "last_error": self.last_error}
+        down_for = round(time.time() - self.unreachable_since, 1) if self.unreachable_since else None
+        return {"database": "unreachable" if self.unreachable_since else "ok", "unreachable_for_s": down_for,
+                "backlog": self.pending, "logged": self.logged, "duplicates_skipped": self.duplicates,
+                "lost": self.lost, "last_error": self.last_error, "last_written_at": self.last_written_at}

@@ -51,6 +51,8 @@ class Listing(BaseModel):
     def zip_as_text(cls, value):
         if value is None:
             return None
+        if isinstance(value, float) and not (value.is_integer() and 0 <= value < 100_000):
+            raise ValueError("a zip code is up to 5 digits")  # 2108.5, -1.0, 1e400 (inf) and NaN included
         text = str(int(value)) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
         digits = text.strip()
         if not digits.isdigit() or len(digits) > 5:

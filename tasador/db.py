@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 _raw_columns = ",\n    ".join(f"{c} TEXT" for c in COLUMNS)
 _feature_columns = ",\n    ".join(f"{c} TEXT" for c in FEATURES)
-PREDICTION_COLUMNS: tuple[str, ...] = ("requested_at", "model_name", "model_version", "predicted_price", *FEATURES)
+PREDICTION_COLUMNS: tuple[str, ...] = ("prediction_id", "requested_at", "model_name", "model_version",
+                                       "predicted_price", *FEATURES)
 
 RAW_DDL = f"""
 CREATE TABLE IF NOT EXISTS batches (
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS recoveries (
 );
 -- every listing the prediction API priced: new raw data, as the course asked (features as text, like listings)
 CREATE TABLE IF NOT EXISTS predictions (
-    prediction_id BIGSERIAL PRIMARY KEY,
+    prediction_id UUID PRIMARY KEY,  -- the id the API answered with: a re-sent write is skipped
     requested_at TIMESTAMPTZ NOT NULL,
     model_name TEXT NOT NULL,
     model_version TEXT NOT NULL,

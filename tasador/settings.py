@@ -88,7 +88,9 @@ class Settings:
     serve_batch_max_size: int = 64  # requests combined by @serve.batch
     serve_batch_wait_s: float = 0.002
     prediction_log_max_rows: int = 200_000  # rows waiting for the raw database; beyond, counted as lost
-    prediction_log_flush_s: float = 0.5
+    prediction_log_flush_s: float = 0.5  # a replica killed with SIGKILL loses at most this long of predictions
+    prediction_log_close_s: float = 20.0  # a replica's graceful stop retries writing its backlog this long
+    serve_max_body_bytes: int = 8_000_000  # a request body past this gets 413
     # Prometheus (started by the stack when its binary is present) and the Dash app
     prometheus_port: int = 9090
     prometheus_url: str = ""  # empty: the local server

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from cluster import prometheus
+from serve_app.app import prediction_ids
 from serve_app.prediction_log import PredictionLog
 from tasador import registry
 from tasador.promotion import load_model
@@ -48,22 +49,45 @@ def test_predictions_match_the_registry_model_and_name_the_version(serving):
     assert len(one["prices"]) == 1 and one["prices"][0] == pytest.approx(direct[0], rel=1e-6)
 
 
-def test_predictions_are_logged_to_raw_with_their_version(serving, raw):
+def _logged(raw, marker: float, count: int) -> list[tuple]:
+    """The logged rows of this broker id, once there are ``count`` of them (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    rows = []
+    while time.monotonic() < deadline:
+        with raw.cursor() as cur:
+            cur.execute("SELECT prediction_id::text, model_name, model_version, predicted_price, state FROM "
+                        "predictions WHERE brokered_by = %s ORDER BY predicted_price", (str(marker),))
+            rows = cur.fetchall()
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.2)
+    return rows
+
+
+def test_predictions_are_logged_to_raw_with_their_ids_and_version(serving, raw):
     s, ds = serving["s"], serving["ds"]
     marker = 424242.0  # a broker id no batch has: finds this test's rows
     listing = {**listings(ds.frame.head(1))[0], "brokered_by": marker}
     resp = requests.post(f"{s.serve}/predict", json={"listings": [listing] * 3}, timeout=30).json()
-    deadline = time.monotonic() + 10
-    rows = []
-    while time.monotonic() < deadline and len(rows) < 3:
-        with raw.cursor() as cur:
-            cur.execute("SELECT model_name, model_version, predicted_price, state, status FROM predictions"
-                        " WHERE brokered_by = %s", (str(marker),))
-            rows = cur.fetchall()
-        time.sleep(0.3)
-    assert len(rows) == 3
-    assert {r[:2] for r in rows} == {("tasador-serve-test", resp["model_version"])}
-    assert rows[0][2] == pytest.approx(resp["prices"][0]) and rows[0][3] == listing["state"]
+    rows = _logged(raw, marker, 3)
+    assert len(rows) == 3 and {r[0] for r in rows} == set(resp["prediction_ids"])
+    assert {r[1:3] for r in rows} == {("tasador-serve-test", resp["model_version"])}
+    assert rows[0][3] == pytest.approx(resp["prices"][0]) and rows[0][4] == listing["state"]
+
+
+def test_a_retried_request_with_an_idempotency_key_gets_the_same_ids_and_is_logged_once(serving, raw):
+    s, ds = serving["s"], serving["ds"]
+    marker = 424243.0
+    listing = {**listings(ds.frame.head(1))[0], "brokered_by": marker}
+    headers = {"Idempotency-Key": f"retry-{time.time_ns()}"}
+    answers = [requests.post(f"{s.serve}/predict", json={"listings": [listing] * 2}, headers=headers,
+                             timeout=30).json() for _ in range(4)]  # over both replicas
+    assert len({tuple(a["prediction_ids"]) for a in answers}) == 1
+    time.sleep(3 * s.prediction_log_flush_s)  # every replica has flushed what it got
+    rows = _logged(raw, marker, 2)
+    assert sorted(r[0] for r in rows) == sorted(answers[0]["prediction_ids"])
+    bad = requests.post(f"{s.serve}/predict", json=listing, headers={"Idempotency-Key": "x" * 300}, timeout=30)
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.json()["detail"]
 
 
 def test_model_health_and_docs(serving):
@@ -251,17 +275,41 @@ def test_the_prediction_log_keeps_rows_while_the_database_is_down_and_counts_wha
     log = PredictionLog(down)
     columns = {f: [None, None] for f in FEATURES} | {"state": ["Vermont"] * 2, "status": ["sold"] * 2,
                                                      "brokered_by": [777001.0] * 2}
-    log.add(columns, "m", "1", [1.0, 2.0])
-    log.add(columns, "m", "1", [3.0, 4.0])
-    log.add(columns, "m", "1", [5.0, 6.0])  # over the bound of 5: dropped and counted
+    for n in range(3):
+        log.add(prediction_ids(2, f"keeps-rows-{n}"), columns, "m", "1", [1.0 + n, 2.0 + n])
+    # the third was over the bound of 5: dropped and counted
     assert log.flush() == 0 and log.pending == 4 and log.lost == 2 and log.last_error
+    assert log.status()["database"] == "unreachable" and log.status()["backlog"] == 4
     log.url = settings.raw_db  # the database is back
     assert log.flush() == 4 and log.pending == 0 and log.logged == 4
+    assert log.status()["database"] == "ok"
+    assert _count(settings, "brokered_by = '777001.0'") == 4
+    log.close()
+
+
+def test_a_chunk_sent_again_is_written_once_and_close_writes_the_backlog(settings):
+    """The acknowledgement of a COPY lost after its commit: the chunk is sent again (the same prediction
+    ids) and skipped. A graceful close writes what is buffered without waiting for the next flush."""
+    log = PredictionLog(settings.replace(prediction_log_flush_s=3600))
+    columns = {f: [None] * 3 for f in FEATURES} | {"state": ["Vermont"] * 3, "status": ["sold"] * 3,
+                                                   "brokered_by": [777002.0] * 3}
+    ids = prediction_ids(3, "sent-again")
+    log.add(ids, columns, "m", "1", [1.0, 2.0, 3.0])
+    assert log.flush() == 3
+    log.add(ids, columns, "m", "1", [1.0, 2.0, 3.0])  # the same chunk again
+    assert log.flush() == 0 and log.duplicates == 3 and log.pending == 0
+    log.add(prediction_ids(3, None), columns, "m", "1", [4.0, 5.0, 6.0])
+    assert log.close() == 0 and log.logged == 6
+    assert _count(settings, "brokered_by = '777002.0'") == 6
+
+
+def _count(settings, where: str) -> int:
     conn = psycopg2.connect(settings.raw_db)
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM predictions WHERE brokered_by = '777001.0'")
-        assert cur.fetchone()[0] == 4
+        cur.execute(f"SELECT count(*) FROM predictions WHERE {where}")  # noqa: S608 (test-local constant)
+        count = cur.fetchone()[0]
     conn.close()
+    return count
 
 
 def _closed_port() -> int:
