@@ -63,6 +63,9 @@ def node_env(settings: Settings, index: int = -1) -> dict[str, str]:
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
                    RAY_SERVE_HAPROXY_METRICS_PORT=str(block + 7), RAY_SERVE_HAPROXY_STATS_PORT=str(block + 8))
         env.update(haproxy_env(settings))
+        # a stopping replica waits this long for load balancers to forget it (default 30 s, for cloud
+        # LBs); here the only balancer is Serve's own HAProxy, reloaded by the controller within a second
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "3"
     return env
 
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 
+import psycopg2
 from psycopg2 import sql
 
 from tasador import db
@@ -28,6 +29,8 @@ from tasador.settings import Settings
 
 log = logging.getLogger("ray.serve")
 PROBE_S = 5.0  # how often an idle log checks that the database answers
+# what a row can do wrong: text the database refuses (NUL) or that cannot even be encoded (a lone surrogate)
+REFUSED = (psycopg2.DataError, UnicodeError)
 
 
 def _text(value) -> str | None:
@@ -94,31 +97,62 @@ class PredictionLog:
             if not chunks:
                 self._probe()
                 return 0
-            rows = [(ids[i], at, name, version, price, *(_text(columns[f][i]) for f in FEATURES))
-                    for ids, at, name, version, prices, columns in chunks for i, price in enumerate(prices)]
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = db.connect(self.url, attempts=1)
-                with self._conn, self._conn.cursor() as cur:
-                    new = write_once(cur, rows)
+                return self._written(chunks, self._write(chunks))
+            except REFUSED:
+                pass  # a row the database refuses: find its chunk below, so it cannot block every row after it
             except Exception as exc:  # database down or restarting: keep the rows for the next flush
-                self.last_error = f"{type(exc).__name__}: {exc}".strip()
-                self.unreachable_since = self.unreachable_since or time.time()
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-                with self._lock:
-                    self.chunks.extendleft(reversed(chunks))
-                log.warning("prediction log: %d rows waiting for the raw database (%s)", self.pending,
-                            self.last_error)
-                return 0
-            with self._lock:
-                self.pending -= len(rows)
-                self.logged += new
-                self.duplicates += len(rows) - new
-            self.last_error, self.unreachable_since, self.last_written_at = None, None, time.time()
-            self.on_logged(new)
+                return self._keep(chunks, exc)
+            new = 0
+            for i, chunk in enumerate(chunks):
+                try:
+                    new += self._written([chunk], self._write([chunk]))
+                except REFUSED as exc:
+                    self._drop(chunk, exc)
+                except Exception as exc:
+                    return new + self._keep(chunks[i:], exc)
             return new
+
+    def _write(self, chunks: list) -> int:
+        rows = [(ids[i], at, name, version, price, *(_text(columns[f][i]) for f in FEATURES))
+                for ids, at, name, version, prices, columns in chunks for i, price in enumerate(prices)]
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.url, attempts=1)
+        with self._conn, self._conn.cursor() as cur:
+            return write_once(cur, rows)
+
+    def _written(self, chunks: list, new: int) -> int:
+        rows = sum(len(chunk[4]) for chunk in chunks)
+        with self._lock:
+            self.pending -= rows
+            self.logged += new
+            self.duplicates += rows - new
+        self.last_error, self.unreachable_since, self.last_written_at = None, None, time.time()
+        self.on_logged(new)
+        return new
+
+    def _keep(self, chunks: list, exc: Exception) -> int:
+        self._unreachable(exc)
+        with self._lock:
+            self.chunks.extendleft(reversed(chunks))
+        log.warning("prediction log: %d rows waiting for the raw database (%s)", self.pending, self.last_error)
+        return 0
+
+    def _drop(self, chunk: tuple, exc: Exception) -> None:
+        rows = len(chunk[4])
+        with self._lock:
+            self.pending -= rows
+            self.lost += rows
+        self.on_lost(rows)
+        self.last_error = f"rows refused by the database: {exc}".strip()[:500]
+        log.error("prediction log: %d rows refused by the database, dropped: %s", rows, exc)
+
+    def _unreachable(self, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+        self.unreachable_since = self.unreachable_since or time.time()
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
 
     def _probe(self) -> None:
         """With nothing to write, still find out now and then whether the database answers (/health)."""
@@ -132,11 +166,7 @@ class PredictionLog:
                 cur.execute("SELECT 1")
             self.last_error, self.unreachable_since = None, None
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}".strip()
-            self.unreachable_since = self.unreachable_since or time.time()
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
+            self._unreachable(exc)
 
     def close(self, timeout_s: float = 20.0) -> int:
         """Stop the thread and write everything buffered, retrying until ``timeout_s``. Rows still

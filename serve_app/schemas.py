@@ -8,6 +8,7 @@ negative size. Unknown keys (``price``, say, when a raw row is sent) are ignored
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -44,6 +45,14 @@ class Listing(BaseModel):
         if value not in STATES:
             raise ValueError(f"unknown state {value!r}: one of the 50 states, District of Columbia, "
                              "Puerto Rico, Virgin Islands or Guam, spelled out")
+        return value
+
+    @field_validator("city")
+    @classmethod
+    def printable_city(cls, value: str | None) -> str | None:
+        """Text the raw database can store: no control characters (NUL included), no lone surrogates."""
+        if value is not None and any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+            raise ValueError("the city holds a control character or an unpaired surrogate")
         return value
 
     @field_validator("zip_code", mode="before")
