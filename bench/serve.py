@@ -144,10 +144,124 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}
 
 
+def hey(url: str, body_file: str, workers: int, rate: float, seconds: int) -> list[tuple[float, int]]:
+    """Paced load from ``hey`` (a separate process): ``rate`` req/s spread over ``workers``. Returns
+    (seconds, status) per request."""
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:.3f}", "-m", "POST",
+                          "-T", "application/json", "-D", body_file, "-t", "60", "-o", "csv", url],
+                         capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines()[1:]:
+        parts = line.split(",")
+        if len(parts) >= 7 and parts[6].strip().isdigit():
+            rows.append((float(parts[0]), int(parts[6])))
+    return rows
+
+
+def p99_ms(values: list[float]) -> float | None:
+    return round(float(np.percentile(values, 99)) * 1000, 1) if values else None
+
+
+def overload(settings, one: str, seconds: int) -> dict:
+    """The sustainable single-listing rate (half of what 64 closed-loop wrk connections get through),
+    then four times it: how fast the excess is refused (503 + Retry-After), the p99 of the accepted
+    requests against the p99 at the sustainable rate, and the slowest request of all."""
+    url = f"{settings.serve}/predict"
+    saturated = wrk(url, one, 64, seconds)["req_s"]
+    rate = round(saturated / 2)
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
+        body.write(one)
+        body.flush()
+        calm = hey(url, body.name, 50, rate, seconds)
+        retry_after: list[str | None] = []
+
+        def probe():  # reads the headers of refused requests while the overload runs
+            time.sleep(seconds / 3)
+            with requests.Session() as s:
+                for _ in range(300):
+                    r = s.post(url, data=one, headers={"Content-Type": "application/json"}, timeout=60)
+                    if r.status_code == 503:
+                        retry_after.append(r.headers.get("Retry-After"))
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        loaded = hey(url, body.name, 256, 4 * rate, seconds)
+        prober.join()
+    ok = [t for t, code in calm if code == 200]
+    accepted = [t for t, code in loaded if code == 200]
+    refused = [t for t, code in loaded if code == 503]
+    return {"saturated_req_s": saturated, "sustainable_req_s": rate,
+            "sustainable_p99_ms": p99_ms(ok), "sustainable_failed": len(calm) - len(ok),
+            "overload_offered_req_s": 4 * rate, "overload_requests": len(loaded),
+            "overload_accepted": len(accepted), "overload_accepted_p99_ms": p99_ms(accepted),
+            "overload_refused_503": len(refused), "overload_refused_p99_ms": p99_ms(refused),
+            "overload_other_status": len(loaded) - len(accepted) - len(refused),
+            "overload_slowest_ms": round(max(t for t, _ in loaded) * 1000, 1),
+            "refused_with_retry_after": sum(1 for h in retry_after if h), "refused_probed": len(retry_after),
+            "accepted_p99_ratio": round(p99_ms(accepted) / p99_ms(ok), 2) if ok and accepted else None}
+
+
+def large_requests(settings, one: str, rows: list[dict], seconds: int) -> dict:
+    """/health and single listings, 20 a second each, alone and while two clients send 10,000-listing
+    requests without pause: the p99 of each, and how much the large requests add to it."""
+    big = json.dumps({"listings": (rows * 10_000)[:10_000]})
+
+    def probe(stop: threading.Event) -> dict:
+        times: dict[str, list[float]] = {"health": [], "single": []}
+        with requests.Session() as s:
+            while not stop.is_set():
+                for name in times:
+                    started = time.perf_counter()
+                    if name == "health":
+                        s.get(f"{settings.serve}/health", timeout=60)
+                    else:
+                        s.post(f"{settings.serve}/predict", data=one, headers={"Content-Type": "application/json"},
+                               timeout=60)
+                    times[name].append(time.perf_counter() - started)
+                time.sleep(0.05)
+        return times
+
+    def measure(with_big: bool) -> tuple[dict, int]:
+        stop, big_done = threading.Event(), []
+
+        def sender():
+            with requests.Session() as s:
+                while not stop.is_set():
+                    r = s.post(f"{settings.serve}/predict", data=big, headers={"Content-Type": "application/json"},
+                               timeout=120)
+                    big_done.append(r.status_code)
+
+        senders = [threading.Thread(target=sender) for _ in range(2 if with_big else 0)]
+        for t in senders:
+            t.start()
+        out = {}
+        prober = threading.Thread(target=lambda: out.update(probe(stop)))
+        prober.start()
+        time.sleep(seconds)
+        stop.set()
+        prober.join()
+        for t in senders:
+            t.join()
+        return out, sum(1 for c in big_done if c == 200)
+
+    alone, _ = measure(False)
+    loaded, big_ok = measure(True)
+    result = {"large_requests_priced": big_ok}
+    for name in ("health", "single"):
+        result[f"{name}_p99_ms_alone"] = p99_ms(alone[name])
+        result[f"{name}_p99_ms_with_10k"] = p99_ms(loaded[name])
+        result[f"{name}_p99_delay_ms"] = round(p99_ms(loaded[name]) - p99_ms(alone[name]), 1)
+    return result
+
+
 def main() -> None:
-    args = parser(__doc__).parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("bench.serve needs wrk (apt-get install wrk)")
+    p = parser(__doc__)
+    p.add_argument("--part", choices=("all", "throughput", "overload", "large"), default="all",
+                   help="throughput: against the FastAPI baseline and the hot swap; overload: 4x the sustainable "
+                        "rate; large: 10,000-listing requests beside small ones")
+    args = p.parse_args()
+    if not shutil.which("wrk") or not shutil.which("hey"):
+        sys.exit("bench.serve needs wrk and hey (apt-get install wrk hey)")
     seconds = 5 if args.quick else 15
     with private_stack(0.02 if args.quick else 0.1) as settings:
         use_cluster_auth(settings)
@@ -158,6 +272,17 @@ def main() -> None:
         one, thousand = json.dumps(rows[0]), json.dumps({"listings": (rows * 1000)[:1000]})
 
         result = {}
+        if args.part in ("all", "overload"):
+            result.update(overload(settings, one, seconds))
+        if args.part in ("all", "large"):
+            result.update(large_requests(settings, one, rows, seconds))
+        if args.part in ("overload", "large"):
+            import ray
+
+            ray.shutdown()
+            result["model_version"] = version
+            report(result)
+            return
         measure(result, "serve", settings.serve, one, thousand, seconds)
         # the baseline as a user would run it, then with one OpenMP thread per request (as Ray gives
         # its workers): XGBoost's default of every core per call thrashes under 64 concurrent requests

@@ -66,6 +66,10 @@ def node_env(settings: Settings, index: int = -1) -> dict[str, str]:
         # a stopping replica waits this long for load balancers to forget it (default 30 s, for cloud
         # LBs); here the only balancer is Serve's own HAProxy, reloaded by the controller within a second
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "3"
+        # a request whose replica died before answering anything (SIGKILL, OOM) is sent to another one
+        # (Ray's default retries only connection failures); pricing is safe to repeat: the dead
+        # replica's answer never left it
+        env["RAY_SERVE_HAPROXY_RETRY_ON"] = "conn-failure empty-response"
     return env
 
 

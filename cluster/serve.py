@@ -5,6 +5,7 @@ Ray head stops it."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -17,6 +18,9 @@ from tasador.ray_jobs import token_path
 from tasador.settings import Settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "serve_app" / "config.yaml"
+# the replicas' MLflow client gives up on a registry that does not answer within seconds (its default,
+# 120 s and 7 retries, would hold the alias follower that long); it polls again at the next interval
+REPLICA_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 
 
 def with_admin_token(settings: Settings) -> Settings:
@@ -33,6 +37,7 @@ def config(settings: Settings) -> dict:
     for app in cfg["applications"]:
         env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env.update(settings.as_env())
+        env.update(REPLICA_ENV)
     return cfg
 
 
@@ -67,15 +72,32 @@ def deploy(settings: Settings, timeout_s: float = 180) -> dict:
 
 def shutdown(settings: Settings, timeout_s: float = 90) -> None:
     """Delete the Serve applications (``serve shutdown``): every replica stops gracefully, so each
-    ``PriceApi`` writes its prediction log's backlog before it exits. Returns once none is left."""
-    requests.delete(f"{settings.ray_dashboard}/api/serve/applications/", headers=_headers(settings),
-                    timeout=30).raise_for_status()
+    ``PriceApi`` writes its prediction log's backlog before it exits. Returns once none is left.
+    Through the dashboard's REST API; when the dashboard is gone, through a Ray driver (the GCS)."""
+    try:
+        requests.delete(f"{settings.ray_dashboard}/api/serve/applications/", headers=_headers(settings),
+                        timeout=30).raise_for_status()
+    except requests.ConnectionError:
+        _shutdown_through_ray(settings, timeout_s)
+        return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not applications(settings):
             return
         time.sleep(0.5)
     raise TimeoutError(f"Serve applications still there {timeout_s:.0f}s after the delete")
+
+
+def _shutdown_through_ray(settings: Settings, timeout_s: float) -> None:
+    import subprocess
+    import sys
+
+    from tasador.ray_jobs import auth_env
+
+    code = ("import ray; from ray import serve; "
+            f"ray.init(address='127.0.0.1:{settings.ray_gcs_port}', logging_level='ERROR'); serve.shutdown()")
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **auth_env(settings)}, check=True,
+                   timeout=timeout_s, capture_output=True)
 
 
 def applications(settings: Settings) -> dict:

@@ -30,6 +30,7 @@ from tasador.settings import Settings
 
 log = logging.getLogger("ray.serve")
 RETRY_FAILED_S = 30.0
+REGISTRY_STALE_S = 10.0  # no answer from the registry for this long (a frozen server hangs a read): unreachable
 # a listing every sane model prices between $1k and $1B: the check a new version passes before it serves
 CHECK_LISTING = {"brokered_by": 22611.0, "status": "for_sale", "bed": 3.0, "bath": 2.0, "acre_lot": 0.25,
                  "street": 1594530.0, "city": "Boston", "state": "Massachusetts", "zip_code": "02108",
@@ -99,6 +100,7 @@ class ProductionModel:
         self.production: str | None = None  # the alias's version when last read
         self.registry_unreachable_since: float | None = None  # wall time of the first failed read of a streak
         self.registry_error: str | None = None
+        self.registry_read_at = time.time()  # the last successful read of the alias
         self._failed: dict[str, float] = {}  # version -> when it last failed
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -128,7 +130,7 @@ class ProductionModel:
                 self.registry_unreachable_since = self.registry_unreachable_since or time.time()
                 self.registry_error = f"{type(exc).__name__}: {exc}"[:500]
                 raise
-            self.registry_unreachable_since, self.production = None, wanted
+            self.registry_unreachable_since, self.production, self.registry_read_at = None, wanted, time.time()
             current = self.current.version if self.current else None
             if wanted is None or wanted == current:
                 if wanted == current:
@@ -174,9 +176,14 @@ class ProductionModel:
         return not (self.current is None and self.production is not None and self.production not in self._failed)
 
     def registry_status(self) -> dict:
-        down = self.registry_unreachable_since
-        return {"status": "unreachable" if down else "ok", "unreachable_for_s": round(time.time() - down, 1)
-                if down else None, "error": self.registry_error if down else None,
+        """The registry as this replica sees it: unreachable since a read failed, or since the last
+        successful read when none has come back for ``REGISTRY_STALE_S`` (a frozen server never fails)."""
+        stale = time.time() - self.registry_read_at > max(REGISTRY_STALE_S, 3 * self.settings.serve_poll_s)
+        down = self.registry_unreachable_since or (self.registry_read_at if stale else None)
+        return {"status": "unreachable" if down else "ok",
+                "unreachable_for_s": round(time.time() - down, 1) if down else None,
+                "error": self.registry_error if self.registry_unreachable_since else (
+                    "no answer to the last read" if down else None),
                 "production_version": self.production,
                 "refused": self.last_error if self.last_error and self.last_error.get("stage") == "load" else None}
 

@@ -1,0 +1,63 @@
+"""Concurrent load from a separate process: ``clients`` threads post the body to ``url`` until
+``seconds`` have passed or the stop file appears, each request timed. One JSON line per request in
+``out``: start (wall time), seconds, status, the version that answered and the prediction ids.
+
+    python -m bench.load URL BODY_FILE OUT_FILE --clients 8 --seconds 30 [--stop-file F]
+
+Loopback only, bounded in time. The serving fault scenarios (``bench.serving_faults``) read the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+
+import requests
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("url")
+    p.add_argument("body_file")
+    p.add_argument("out_file")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--stop-file", default=None)
+    args = p.parse_args()
+    if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
+        raise SystemExit("bench.load sends traffic to loopback only")
+    with open(args.body_file, "rb") as f:
+        body = f.read()
+    deadline = time.monotonic() + args.seconds
+    lock = threading.Lock()
+    out = open(args.out_file, "w", buffering=1)  # noqa: SIM115 (shared by the threads, closed after them)
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline and not (args.stop_file and os.path.exists(args.stop_file)):
+                started, t0 = time.time(), time.perf_counter()
+                try:
+                    resp = session.post(args.url, data=body, headers={"Content-Type": "application/json"},
+                                        timeout=30)
+                    answer = resp.json() if resp.headers.get("content-type", "").startswith("application/json") \
+                        else {}
+                    row = [started, time.perf_counter() - t0, resp.status_code, answer.get("model_version"),
+                           answer.get("prediction_ids", [])]
+                except (requests.RequestException, ValueError) as exc:
+                    row = [started, time.perf_counter() - t0, type(exc).__name__, None, []]
+                with lock:
+                    out.write(json.dumps(row) + "\n")
+
+    threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.close()
+
+
+if __name__ == "__main__":
+    main()
