@@ -27,7 +27,7 @@ needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"the real-forma
 TEST_SCALE = 0.02  # every data API batch at 2%: 21,698 rows over the six batches
 
 
-STACK_FIXTURES = {"settings", "fault_stack"}
+STACK_FIXTURES = {"settings", "fault_stack", "serving_stack"}
 
 
 def pytest_collection_modifyitems(items):

@@ -25,7 +25,7 @@ SCENARIOS = [s for s in serving_faults.SCENARIOS if s.name != "kill_ray_dashboar
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def serving_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving-faults")
     s = serve.with_admin_token(fresh_settings(tmp))
     saved = os.environ.get("RAY_AUTH_TOKEN_PATH")
@@ -44,17 +44,18 @@ def lab(tmp_path_factory):
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_serving_scenario_within_its_bounds(lab, scenario):
-    figures = scenario.run(lab)
+def test_serving_scenario_within_its_bounds(serving_stack, scenario):
+    figures = scenario.run(serving_stack)
     shown = json.dumps({k: v for k, v in figures.items() if k != "lost_ids"})
     assert figures["within"], shown
     assert figures["requests"] > 100 and figures["log_duplicated"] == 0, shown
 
 
-def test_tasador_down_writes_every_prediction_and_leaves_nothing_behind(lab):
+def test_tasador_down_writes_every_prediction_and_leaves_nothing_behind(serving_stack):
     """No flush on its own (one hour): the backlog of both replicas exists only in memory when the
     stack stops. ``stack.down`` shuts Serve down gracefully first: every answered id is logged. Then
     no process of the stack runs and nothing listens on its ports."""
+    lab = serving_stack
     s = lab.s
     serve.deploy(s.replace(prediction_log_flush_s=3600.0))
     lab.wait_serving(lab.versions["good"])
