@@ -1,8 +1,9 @@
-"""Concurrent load from a separate process: ``clients`` threads post the body to ``url`` until
-``seconds`` have passed or the stop file appears, each request timed. One JSON line per request in
+"""Concurrent load from a separate process: ``clients`` threads post the body to ``url`` (paced to
+``rate`` requests a second in all, or as fast as they can) until ``seconds`` have passed or the stop
+file appears, each request timed. One JSON line per request in
 ``out``: start (wall time), seconds, status, the version that answered and the prediction ids.
 
-    python -m bench.load URL BODY_FILE OUT_FILE --clients 8 --seconds 30 [--stop-file F]
+    python -m bench.load URL BODY_FILE OUT_FILE --clients 8 --seconds 30 [--rate R] [--stop-file F]
 
 Loopback only, bounded in time. The serving fault scenarios (``bench.serving_faults``) read the file.
 """
@@ -26,6 +27,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--stop-file", default=None)
+    p.add_argument("--rate", type=float, default=0, help="requests per second over all clients (0: as fast as "
+                                                         "they can)")
     args = p.parse_args()
     if not args.url.startswith(("http://127.0.0.1", "http://localhost")):
         raise SystemExit("bench.load sends traffic to loopback only")
@@ -35,9 +38,14 @@ def main() -> None:
     lock = threading.Lock()
     out = open(args.out_file, "w", buffering=1)  # noqa: SIM115 (shared by the threads, closed after them)
 
+    interval = args.clients / args.rate if args.rate else 0.0
+
     def client() -> None:
+        due = time.monotonic()
         with requests.Session() as session:
             while time.monotonic() < deadline and not (args.stop_file and os.path.exists(args.stop_file)):
+                due += interval
+                time.sleep(max(0.0, due - time.monotonic()))
                 started, t0 = time.time(), time.perf_counter()
                 try:
                     resp = session.post(args.url, data=body, headers={"Content-Type": "application/json"},

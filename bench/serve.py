@@ -139,6 +139,7 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
     around = [d for t, d, _, _ in probe if switched and moved - 1 <= t <= switched + 1]
     return {"swap_failed_requests": load["failed"] + sum(1 for p in probe if p[2] != 200),
             "swap_load_requests": load["requests"] + len(probe),
+            "swap_probe_failed": sorted({str(p[2]) for p in probe if p[2] != 200}),
             "swap_delay_s": round(switched - moved, 3) if switched else None,
             "swap_slowest_probe_ms": round(max(around) * 1000, 1) if around else None,
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}
@@ -254,11 +255,36 @@ def large_requests(settings, one: str, rows: list[dict], seconds: int) -> dict:
     return result
 
 
+def throughput(result: dict, settings, version: str, one: str, thousand: str, seconds: int) -> None:
+    """Serve against the FastAPI baseline, single rows and 1,000-listing requests."""
+    measure(result, "serve", settings.serve, one, thousand, seconds)
+    # the baseline as a user would run it, then with one OpenMP thread per request (as Ray gives
+    # its workers): XGBoost's default of every core per call thrashes under 64 concurrent requests
+    for name, extra in (("fastapi", {}), ("fastapi_1thread", {"OMP_NUM_THREADS": "1"})):
+        port = processes.free_port()
+        env = {**settings.as_env(), "MODEL_VERSION": version, **extra}
+        base_pid = processes.spawn([sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host",
+                                    "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level",
+                                    "warning"], settings.state_path / "logs" / f"{name}.log", env=env)
+        try:
+            wait_version(f"http://127.0.0.1:{port}", version)
+            measure(result, name, f"http://127.0.0.1:{port}", one, thousand, seconds)
+        finally:
+            processes.stop_pid(base_pid)
+    best = max(("fastapi", "fastapi_1thread"), key=lambda n: result[f"{n}_single_req_s"])
+    result["baseline_compared"] = best
+    result["single_req_s_ratio"] = round(result["serve_single_req_s"] / result[f"{best}_single_req_s"], 2)
+    result["single_p99_ratio"] = round(result["serve_single_p99_ms"] / result[f"{best}_single_p99_ms"], 2)
+    result["rows_s_ratio_1000"] = round(result["serve_1000_rows_s"] / max(
+        result["fastapi_1000_rows_s"], result["fastapi_1thread_1000_rows_s"]), 2)
+
+
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--part", choices=("all", "throughput", "overload", "large"), default="all",
-                   help="throughput: against the FastAPI baseline and the hot swap; overload: 4x the sustainable "
-                        "rate; large: 10,000-listing requests beside small ones")
+    p.add_argument("--part", nargs="*", choices=("throughput", "swap", "overload", "large"),
+                   default=["throughput", "swap", "overload", "large"],
+                   help="throughput: against the FastAPI baseline; swap: the hot swap under load; overload: 4x "
+                        "the sustainable rate; large: 10,000-listing requests beside small ones (default: all)")
     args = p.parse_args()
     if not shutil.which("wrk") or not shutil.which("hey"):
         sys.exit("bench.serve needs wrk and hey (apt-get install wrk hey)")
@@ -272,39 +298,15 @@ def main() -> None:
         one, thousand = json.dumps(rows[0]), json.dumps({"listings": (rows * 1000)[:1000]})
 
         result = {}
-        if args.part in ("all", "overload"):
+        if "overload" in args.part:
             result.update(overload(settings, one, seconds))
-        if args.part in ("all", "large"):
+        if "large" in args.part:
             result.update(large_requests(settings, one, rows, seconds))
-        if args.part in ("overload", "large"):
-            import ray
-
-            ray.shutdown()
-            result["model_version"] = version
-            report(result)
-            return
-        measure(result, "serve", settings.serve, one, thousand, seconds)
-        # the baseline as a user would run it, then with one OpenMP thread per request (as Ray gives
-        # its workers): XGBoost's default of every core per call thrashes under 64 concurrent requests
-        for name, extra in (("fastapi", {}), ("fastapi_1thread", {"OMP_NUM_THREADS": "1"})):
-            port = processes.free_port()
-            env = {**settings.as_env(), "MODEL_VERSION": version, **extra}
-            base_pid = processes.spawn([sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host",
-                                        "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level",
-                                        "warning"], settings.state_path / "logs" / f"{name}.log", env=env)
-            try:
-                wait_version(f"http://127.0.0.1:{port}", version)
-                measure(result, name, f"http://127.0.0.1:{port}", one, thousand, seconds)
-            finally:
-                processes.stop_pid(base_pid)
-        best = max(("fastapi", "fastapi_1thread"), key=lambda n: result[f"{n}_single_req_s"])
-        result["baseline_compared"] = best
-        result["single_req_s_ratio"] = round(result["serve_single_req_s"] / result[f"{best}_single_req_s"], 2)
-        result["single_p99_ratio"] = round(result["serve_single_p99_ms"] / result[f"{best}_single_p99_ms"], 2)
-        result["rows_s_ratio_1000"] = round(result["serve_1000_rows_s"] / max(
-            result["fastapi_1000_rows_s"], result["fastapi_1thread_1000_rows_s"]), 2)
-        new_version = register(settings, load_model(settings, version), ds)  # the same model, a new version
-        result.update(hot_swap(settings, one, new_version, seconds=20 if not args.quick else 10))
+        if "throughput" in args.part:
+            throughput(result, settings, version, one, thousand, seconds)
+        if "swap" in args.part:
+            new_version = register(settings, load_model(settings, version), ds)  # the same model, a new version
+            result.update(hot_swap(settings, one, new_version, seconds=20 if not args.quick else 10))
         result["model_version"] = version
         import ray
 

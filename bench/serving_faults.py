@@ -35,6 +35,10 @@ from tasador.settings import Settings
 
 GROUP = 6100
 LOG_FLUSH_S = 0.5  # the prediction log's flush interval in these scenarios (the default)
+# the load during a fault: 8 clients at 250 requests a second in all, a fifth of what the two replicas
+# sustain on this 2-core machine (a fault under normal traffic, not at saturation, where the client
+# itself would take a core the replacement replica needs to start)
+CLIENTS, RATE = 8, 250.0
 
 
 @dataclass
@@ -86,14 +90,15 @@ class ServingLab:
 
     # -- load and accounting -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def load(self, name: str, clients: int = 8, seconds: float = 180) -> Iterator[dict]:
+    def load(self, name: str, clients: int = CLIENTS, seconds: float = 180, rate: float = RATE) -> Iterator[dict]:
         """Load from a separate process while the block runs; ``result`` holds the requests after."""
         marker = float(900_000 + zlib.crc32(name.encode()) % 90_000)
         body, out, stop = (self.workdir / f"{name}.{ext}" for ext in ("json", "jsonl", "stop"))
         body.write_text(json.dumps({**self.listing, "brokered_by": marker}))
         stop.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-m", "bench.load", f"{self.s.serve}/predict", str(body), str(out),
-                                 "--clients", str(clients), "--seconds", str(seconds), "--stop-file", str(stop)])
+                                 "--clients", str(clients), "--seconds", str(seconds), "--rate", str(rate),
+                                 "--stop-file", str(stop)])
         result: dict = {"marker": marker}
         try:
             deadline = time.monotonic() + 30

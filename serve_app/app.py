@@ -11,9 +11,10 @@ and a model deployment for explanations. Import path ``serve_app.app:app``
   database unreachable and for how long, a refused version, the prediction log's backlog), else 503
 - ``POST /admin/reload``: check the production alias now (``Authorization: Bearer <admin token>``)
 
-Bad input gets a 4xx naming the problem, never a 500. Bodies over ``LARGE_BODY_BYTES`` are parsed,
-priced and rendered on a thread of their own (``heavy``), so a 10,000-listing request never holds
-the event loop that answers /health and single listings. Overload is refused by Serve itself
+Bad input gets a 4xx naming the problem, never a 500. ``/predict`` bodies over ``LARGE_BODY_BYTES``
+are parsed, priced, logged and rendered by ``BulkPricer``, a deployment of their own, so a
+10,000-listing request never holds the event loop (nor the GIL) that answers /health and single
+listings. Overload is refused by Serve itself
 (``max_queued_requests``, 503 with ``Retry-After``; ``request_timeout_s``), see config.yaml.
 """
 
@@ -126,21 +127,16 @@ def _short(value):
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-@serve.deployment
-@serve.ingress(api)
-class PriceApi:
-    def __init__(self, explainer: DeploymentHandle, loader_factory=RegistryLoader):
+class PricingReplica:
+    """What both pricing deployments share: the production model, the prediction log, the health Serve
+    asks for, and the graceful stop that writes the log."""
+
+    def _start(self, loader_factory) -> None:
         self.settings = Settings.load()
         self.model = ProductionModel(self.settings, loader_factory)
-        self.explainer = explainer
         self.metrics = metrics.ApiMetrics()
-        self.batch_adapter = listings_adapter(self.settings.serve_max_listings)
-        self.explain_adapter = listings_adapter(self.settings.serve_max_explain)
         self.prediction_log = PredictionLog(self.settings, on_logged=self.metrics.logged.inc,
                                             on_lost=self.metrics.lost.inc)
-        self.heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="large-request")
-        self.predict_batched.set_max_batch_size(self.settings.serve_batch_max_size)
-        self.predict_batched.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
 
     async def check_health(self):
         """Serve calls this on the replica's event loop (a wedged loop times it out) and replaces the
@@ -156,6 +152,46 @@ class PriceApi:
         log = getattr(self, "prediction_log", None)
         if log is not None:
             log.close(timeout_s=self.settings.prediction_log_close_s)
+
+    def _logged(self, columns: dict, result: dict, key: str | None) -> dict:
+        """The answer with one prediction id per listing, its rows handed to the log."""
+        ids = prediction_ids(len(result["prices"]), key)
+        self.prediction_log.add(ids, columns, result["model_name"], result["model_version"], result["prices"])
+        return {**result, "prediction_ids": ids}
+
+
+@serve.deployment
+class BulkPricer(PricingReplica):
+    """``/predict`` bodies over ``LARGE_BODY_BYTES``: read, validated, priced, logged and rendered in a
+    process of their own, so a 10,000-listing request holds neither the ingress replica's event loop
+    nor its GIL. Answers (status, rendered body, error kind)."""
+
+    def __init__(self, loader_factory=RegistryLoader):
+        self._start(loader_factory)
+        self.adapter = listings_adapter(self.settings.serve_max_listings)
+
+    def price(self, body: bytes, key: str | None) -> tuple[int, bytes, str | None]:
+        try:
+            columns = to_columns(parse_listings(body, self.settings.serve_max_listings, self.adapter))
+        except BadRequest as exc:
+            return exc.status, json.dumps({"detail": str(exc), "errors": exc.errors}).encode(), "invalid_input"
+        result = self.model.predict([columns])[0]
+        if "error" in result:
+            return 503, json.dumps({"detail": result["error"]}).encode(), "no_model"
+        return 200, json.dumps(self._logged(columns, result, key)).encode(), None
+
+
+@serve.deployment
+@serve.ingress(api)
+class PriceApi(PricingReplica):
+    def __init__(self, explainer: DeploymentHandle, bulk: DeploymentHandle, loader_factory=RegistryLoader):
+        self._start(loader_factory)
+        self.explainer, self.bulk = explainer, bulk
+        self.batch_adapter = listings_adapter(self.settings.serve_max_listings)
+        self.explain_adapter = listings_adapter(self.settings.serve_max_explain)
+        self.heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="large-explain")
+        self.predict_batched.set_max_batch_size(self.settings.serve_batch_max_size)
+        self.predict_batched.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def predict_batched(self, requests: list[dict]) -> list[dict]:
@@ -186,46 +222,41 @@ class PriceApi:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _priced(self, route: str, request: Request, limit: int, adapter, price_small, price_large,
-                      key: str | None = None):
+    async def _priced(self, route: str, request: Request, limit: int, adapter, price, key: str | None = None):
+        """Read, validate and price one request; the response."""
         started = time.perf_counter()
         problem = content_type_problem(request.headers.get("content-type"))
         if problem:
             return self._done(route, started, 415, {"detail": problem, "errors": [
-                {"field": "Content-Type", "message": problem}]}, "unsupported_media_type"), None
+                {"field": "Content-Type", "message": problem}]}, "unsupported_media_type")
         loop = asyncio.get_running_loop()
         try:
             body = await self._body(request)
-            large = len(body) > LARGE_BODY_BYTES
-            if large:
-                listings = await loop.run_in_executor(self.heavy, parse_listings, body, limit, adapter)
-                columns = await loop.run_in_executor(self.heavy, to_columns, listings)
+            if len(body) > LARGE_BODY_BYTES and route == "/predict":
+                code, rendered, kind = await self.bulk.price.remote(body, key)
+                return self._done(route, started, code, rendered, kind, _retry(code, self.settings))
+            if len(body) > LARGE_BODY_BYTES:
+                columns = await loop.run_in_executor(self.heavy, lambda: to_columns(parse_listings(body, limit,
+                                                                                                   adapter)))
             else:
-                listings = parse_listings(body, limit, adapter)
-                columns = to_columns(listings)
+                columns = to_columns(parse_listings(body, limit, adapter))
         except BadRequest as exc:
             refused = {"detail": str(exc), "errors": exc.errors}
-            return self._done(route, started, exc.status, refused, "invalid_input"), None
+            return self._done(route, started, exc.status, refused, "invalid_input")
+        except Exception as exc:  # the bulk replica died mid-request: say so, never a bare 500
+            return self._done(route, started, 503, {"detail": f"the model is unavailable: {type(exc).__name__}"},
+                              "model_unavailable", {"Retry-After": "1"})
         try:
-            result = await (price_large(columns) if large else price_small(columns))
+            result = await price(columns)
         except Exception as exc:  # a replica died mid-request: say so, never a bare 500
             return self._done(route, started, 503, {"detail": f"the model is unavailable: {type(exc).__name__}"},
-                              "model_unavailable", {"Retry-After": "1"}), None
+                              "model_unavailable", {"Retry-After": "1"})
         if "error" in result:
             return self._done(route, started, 503, {"detail": result["error"]}, "no_model",
-                              {"Retry-After": str(int(self.settings.serve_poll_s) + 1)}), None
+                              _retry(503, self.settings))
         if route == "/predict":
-            ids = prediction_ids(len(result["prices"]), key)
-            result = {**result, "prediction_ids": ids}
-        if large:
-            rendered = await loop.run_in_executor(self.heavy, lambda: json.dumps(result).encode())
-            return self._done(route, started, 200, rendered), (columns, result)
-        return self._done(route, started, 200, result), (columns, result)
-
-    def _price_large(self, columns: dict):
-        """One large request, priced on a ``heavy`` thread (never batched with small ones)."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.heavy, lambda: self.model.predict([columns])[0])
+            result = self._logged(columns, result, key)
+        return self._done(route, started, 200, result)
 
     @api.post("/predict", openapi_extra=_BODY, summary="Price one listing or a list of listings")
     async def predict(self, request: Request):
@@ -234,20 +265,13 @@ class PriceApi:
         if problem:
             return self._done("/predict", time.perf_counter(), 422, {"detail": problem, "errors": [
                 {"field": "Idempotency-Key", "message": problem}]}, "invalid_input")
-        response, priced = await self._priced("/predict", request, self.settings.serve_max_listings,
-                                              self.batch_adapter, self.predict_batched, self._price_large, key)
-        if priced:
-            columns, result = priced
-            self.prediction_log.add(result["prediction_ids"], columns, result["model_name"],
-                                    result["model_version"], result["prices"])
-        return response
+        return await self._priced("/predict", request, self.settings.serve_max_listings, self.batch_adapter,
+                                  self.predict_batched, key)
 
     @api.post("/explain", openapi_extra=_BODY, summary="Each feature's SHAP contribution to the price")
     async def explain(self, request: Request):
-        response, _ = await self._priced("/explain", request, self.settings.serve_max_explain,
-                                         self.explain_adapter, self.explainer.explain.remote,
-                                         self.explainer.explain.remote)
-        return response
+        return await self._priced("/explain", request, self.settings.serve_max_explain, self.explain_adapter,
+                                  self.explainer.explain.remote)
 
     @api.get("/model", summary="The version serving and its lineage")
     async def model_info(self):
@@ -300,4 +324,9 @@ class PriceApi:
         return self._done("/admin/reload", started, 200, {**here, "explainer": explainer})
 
 
-app = PriceApi.bind(PriceModelServer.bind())
+def _retry(code: int, settings: Settings) -> dict | None:
+    """``Retry-After`` on a 503: the next alias poll may bring a model."""
+    return {"Retry-After": str(int(settings.serve_poll_s) + 1)} if code == 503 else None
+
+
+app = PriceApi.bind(PriceModelServer.bind(), BulkPricer.bind())

@@ -95,10 +95,10 @@ def test_the_rayservice_serves_the_same_application_as_the_local_config():
 
     assert hasattr(app_module, attr)
     names = {d["name"] for d in remote["applications"][0]["deployments"]}
-    from serve_app.app import PriceApi
+    from serve_app.app import BulkPricer, PriceApi
     from serve_app.model import PriceModelServer
 
-    assert names == {PriceApi.name, PriceModelServer.name}
+    assert names == {PriceApi.name, PriceModelServer.name, BulkPricer.name}
     assert service["spec"]["upgradeStrategy"]["type"] in ("NewCluster", "NewClusterWithIncrementalUpgrade", "None")
     for container in containers(service):
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
