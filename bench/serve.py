@@ -57,7 +57,10 @@ def wrk(url: str, body: str, connections: int, seconds: int) -> dict:
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": ms("50"),
             "p99_ms": ms("99"), "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "failed": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)}
+            "failed": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, errors.groups())) if errors else 0),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()),
+                                      strict=True)) if errors else {}}
 
 
 def measure(result: dict, name: str, url: str, one: str, thousand: str, seconds: int) -> None:
@@ -140,6 +143,7 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
     return {"swap_failed_requests": load["failed"] + sum(1 for p in probe if p[2] != 200),
             "swap_load_requests": load["requests"] + len(probe),
             "swap_probe_failed": sorted({str(p[2]) for p in probe if p[2] != 200}),
+            "swap_load_non_2xx": load["non_2xx"], "swap_load_socket_errors": load["socket_errors"],
             "swap_delay_s": round(switched - moved, 3) if switched else None,
             "swap_slowest_probe_ms": round(max(around) * 1000, 1) if around else None,
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}

@@ -21,6 +21,7 @@ listings. Overload is refused by Serve itself
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from serve_app.prediction_log import PredictionLog
 from serve_app.schemas import LISTING, Listing, listings_adapter, to_columns
 from tasador.settings import Settings
 
+log = logging.getLogger("ray.serve")
 LARGE_BODY_BYTES = 32_768  # larger bodies leave the event loop (about 100 listings)
 MAX_ERRORS = 20  # validation errors listed per response (the count says how many there were)
 IDEMPOTENCY_KEY = "idempotency-key"
@@ -127,6 +129,13 @@ def _short(value):
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _retry(code: int, settings: Settings) -> dict | None:
+    """``Retry-After`` on a 503: the next alias poll may bring a model."""
+    return {"Retry-After": str(int(settings.serve_poll_s) + 1)} if code == 503 else None
+
+
+# (module-level helpers the ingress uses are defined above it: @serve.ingress captures the
+# module's names when the class is decorated)
 class PricingReplica:
     """What both pricing deployments share: the production model, the prediction log, the health Serve
     asks for, and the graceful stop that writes the log."""
@@ -244,11 +253,13 @@ class PriceApi(PricingReplica):
             refused = {"detail": str(exc), "errors": exc.errors}
             return self._done(route, started, exc.status, refused, "invalid_input")
         except Exception as exc:  # the bulk replica died mid-request: say so, never a bare 500
+            log.exception("a large request could not be priced")
             return self._done(route, started, 503, {"detail": f"the model is unavailable: {type(exc).__name__}"},
                               "model_unavailable", {"Retry-After": "1"})
         try:
             result = await price(columns)
         except Exception as exc:  # a replica died mid-request: say so, never a bare 500
+            log.exception("a request could not be priced")
             return self._done(route, started, 503, {"detail": f"the model is unavailable: {type(exc).__name__}"},
                               "model_unavailable", {"Retry-After": "1"})
         if "error" in result:
@@ -322,11 +333,6 @@ class PriceApi(PricingReplica):
         except Exception as exc:  # the explainer follows the alias on its own within serve_poll_s
             explainer = {"status": "unreachable", "error": type(exc).__name__}
         return self._done("/admin/reload", started, 200, {**here, "explainer": explainer})
-
-
-def _retry(code: int, settings: Settings) -> dict | None:
-    """``Retry-After`` on a 503: the next alias poll may bring a model."""
-    return {"Retry-After": str(int(settings.serve_poll_s) + 1)} if code == 503 else None
 
 
 app = PriceApi.bind(PriceModelServer.bind(), BulkPricer.bind())

@@ -151,6 +151,21 @@ def test_an_oversized_list_is_refused(serving):
     assert resp.status_code == 422 and "at most" in resp.json()["detail"]
 
 
+def test_a_large_request_is_priced_by_the_bulk_deployment_like_a_small_one(serving, raw):
+    """Over 32 kB the body goes to BulkPricer (a process of its own): the same prices, one id each,
+    every listing logged."""
+    s, ds = serving["s"], serving["ds"]
+    marker = 424244.0
+    frame = ds.frame[ds.test].head(20)
+    small = [{**row, "brokered_by": marker} for row in listings(frame)]
+    large = (small * 100)[:2000]
+    assert len(json.dumps({"listings": large})) > 32_768
+    one_by_one = requests.post(f"{s.serve}/predict", json={"listings": small}, timeout=30).json()["prices"]
+    body = requests.post(f"{s.serve}/predict", json={"listings": large}, timeout=60).json()
+    assert body["prices"] == (one_by_one * 100)[:2000] and len(set(body["prediction_ids"])) == 2000
+    assert len(_logged(raw, marker, 2020)) == 2020
+
+
 def test_admin_reload_needs_the_token(serving):
     s = serving["s"]
     assert requests.post(f"{s.serve}/admin/reload", timeout=10).status_code == 401
