@@ -16,8 +16,8 @@ import pytest
 
 from bench import serving_faults
 from cluster import postgres, ray_head, serve, stack
-from tasador.ray_jobs import use_cluster_auth
 from tests.conftest import fresh_settings
+from tests.faults.conftest import own_stack
 
 # kill_ray_dashboard is left to bench.serving_faults: it takes the whole Ray head down (`ray start --block`
 # ends the node when any of its processes dies; docs/reliability.md), which the stop test after needs
@@ -27,20 +27,10 @@ SCENARIOS = [s for s in serving_faults.SCENARIOS if s.name != "kill_ray_dashboar
 @pytest.fixture(scope="module")
 def serving_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving-faults")
-    s = serve.with_admin_token(fresh_settings(tmp))
-    saved = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    try:
-        stack.up(s, only=("postgres", "mlflow", "ray_head", "data_api"))
-        use_cluster_auth(s)
+    with own_stack(serve.with_admin_token(fresh_settings(tmp))) as s:
         workdir = Path(tmp) / "load"
         workdir.mkdir()
         yield serving_faults.prepare(s, workdir)
-    finally:
-        stack.down(s)
-        if saved is None:
-            os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-        else:
-            os.environ["RAY_AUTH_TOKEN_PATH"] = saved
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
