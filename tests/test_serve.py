@@ -12,6 +12,7 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psycopg2
@@ -20,6 +21,7 @@ import requests
 
 from cluster import prometheus
 from serve_app.app import prediction_ids
+from serve_app.model import RegistryLoader
 from serve_app.prediction_log import PredictionLog
 from tasador import registry
 from tasador.promotion import load_model
@@ -244,6 +246,26 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
         set_production(s, serving["v1"])
     time.sleep(3 * s.serve_poll_s)  # every replica sees the alias back on the working version
     assert {requests.get(f"{s.serve}/health", timeout=5).json()["status"] for _ in range(8)} == {"ok"}
+
+
+def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(serving, tmp_path):
+    """A replica that replaces a killed one skips the download: while the registry's artifacts are
+    hidden, a loader with the node's copy loads the version, one without it cannot."""
+    s = serving["s"].replace(state_dir=str(tmp_path / "node"))
+    first = RegistryLoader(s).load(serving["v1"])
+    copies = list((tmp_path / "node" / "model-cache").iterdir())
+    assert len(copies) == 1 and (copies[0] / "MLmodel").is_file(), copies
+    artifacts = Path(serving["s"].mlflow_artifacts_destination.removeprefix("file://"))
+    hidden = artifacts.with_name(artifacts.name + ".hidden")
+    artifacts.rename(hidden)
+    try:
+        second = RegistryLoader(s).load(serving["v1"])
+        with pytest.raises(Exception):  # noqa: B017 - whichever error MLflow raises for a missing artifact
+            RegistryLoader(s.replace(state_dir=str(tmp_path / "other-node"))).load(serving["v1"])
+    finally:
+        hidden.rename(artifacts)
+    frame = serving["ds"].frame[list(FEATURES)].head(50)
+    assert np.allclose(first.model.predict(frame), second.model.predict(frame))
 
 
 @pytest.mark.skipif(prometheus.binary() is None, reason="Debian's prometheus package is not installed")
