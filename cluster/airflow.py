@@ -19,7 +19,7 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from cluster import processes
+from cluster import postgres, processes
 from tasador import db
 from tasador.ray_jobs import auth_env
 from tasador.settings import Settings
@@ -40,7 +40,7 @@ def env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "airflow_dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
-                f"postgresql+psycopg2://{settings.pg_user}@{settings.pg_host}:{settings.pg_port}/{settings.airflow_instance}",
+                db.sqlalchemy_url(settings.pg_url(settings.airflow_instance)),
             "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(settings.airflow_port),
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{settings.airflow_port}",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", "PATH": f"{VENV / 'bin'}:/usr/bin:/bin"}
@@ -124,7 +124,11 @@ def _retry_until_ok(settings: Settings, args: list[str], timeout_s: float) -> No
 
 
 def _create_database(settings: Settings) -> None:
-    """The instance's metadata database in the stack's PostgreSQL, owned by the application role."""
+    """The instance's metadata database in the stack's PostgreSQL, owned by the application role
+    (created by the superuser: the role may not create databases)."""
+    if settings.pg_local:
+        postgres.create_database(settings, settings.airflow_instance)
+        return
     conn = db.connect(settings.raw_db)
     conn.autocommit = True
     try:

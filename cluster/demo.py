@@ -118,5 +118,6 @@ def urls(settings: Settings) -> str:
         f"Airflow:       http://127.0.0.1:{settings.airflow_port}" + ("" if airflow.available() else " (not set up)"),
         f"MLflow:        {settings.mlflow_uri}",
         f"Data API:      {settings.data_api}",
-        f"PostgreSQL:    {settings.raw_db.rsplit('/', 1)[0]} (raw_data, clean_data, mlflow)",
+        f"PostgreSQL:    {settings.pg_host}:{settings.pg_port} (raw_data, clean_data, mlflow; "
+        f"password in {settings.pg_passfile_path})",
     ])

@@ -166,16 +166,19 @@ CREATE TABLE IF NOT EXISTS alias_moves (
 DDL_BY_DATABASE = {"raw": RAW_DDL, "clean": CLEAN_DDL}
 
 
+# libpq's words for a login the server refused (wrong or missing password, pg_hba.conf): not retried
+AUTH_REFUSED = ("password authentication failed", "no password supplied", "pg_hba.conf rejects")
 LOCK_TIMEOUT_MS = 120_000  # no statement of ours waits longer for a lock (the writer lock sets its own)
 
 
-def connect(url: str, attempts: int = 30, delay_s: float = 1.0) -> psycopg2.extensions.connection:
-    """Connect, retrying while the server is starting or restarting (then raise the last error)."""
+def connect(url: str, attempts: int = 30, delay_s: float = 1.0, **params) -> psycopg2.extensions.connection:
+    """Connect (``params``: more libpq keywords), retrying while the server is starting or restarting
+    (then raise the last error). A refused login is raised at once: retrying cannot fix it."""
     for attempt in range(1, attempts + 1):
         try:
-            return psycopg2.connect(url, connect_timeout=10, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
+            return psycopg2.connect(url, connect_timeout=10, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}", **params)
         except psycopg2.OperationalError as exc:
-            if attempt == attempts:
+            if attempt == attempts or any(words in str(exc) for words in AUTH_REFUSED):
                 raise
             log.warning("database %s not reachable (%s); retry %d/%d", _safe(url), exc, attempt, attempts)
             time.sleep(delay_s)

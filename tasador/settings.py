@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -25,6 +26,9 @@ class Settings:
     pg_port: int = 5433
     pg_user: str = "tasador"
     pg_local: bool = True  # start a local server in the state dir (false: every *_db_url is external)
+    # libpq's password file for pg_user (empty: <state>/secrets/pgpass, written by `tasador up`); every
+    # URL below names it, so the password travels by reference (an external *_db_url brings its own)
+    pg_passfile: str = ""
     raw_db_url: str = ""  # empty: the local server's raw_data
     clean_db_url: str = ""
     mlflow_db_url: str = ""
@@ -110,20 +114,26 @@ class Settings:
     fault_action: str = "kill"  # "kill" (SIGKILL itself) | "wait" (until <fault_dir>/<point>.release) | "raise"
     fault_dir: str = ""
 
-    def _pg_url(self, database: str) -> str:
-        return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{database}"
+    @property
+    def pg_passfile_path(self) -> Path:
+        return Path(self.pg_passfile) if self.pg_passfile else self.state_path / "secrets" / "pgpass"
+
+    def pg_url(self, database: str) -> str:
+        """The stack's server, as the application role, its password from the passfile."""
+        passfile = urllib.parse.quote(str(self.pg_passfile_path.resolve()), safe="/")
+        return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{database}?passfile={passfile}"
 
     @property
     def raw_db(self) -> str:
-        return self.raw_db_url or self._pg_url("raw_data")
+        return self.raw_db_url or self.pg_url("raw_data")
 
     @property
     def clean_db(self) -> str:
-        return self.clean_db_url or self._pg_url("clean_data")
+        return self.clean_db_url or self.pg_url("clean_data")
 
     @property
     def mlflow_db(self) -> str:
-        return self.mlflow_db_url or self._pg_url("mlflow")
+        return self.mlflow_db_url or self.pg_url("mlflow")
 
     @property
     def data_api(self) -> str:

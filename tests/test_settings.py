@@ -15,13 +15,13 @@ def test_environment_wins_over_dotenv(tmp_path):
     dotenv.write_text("TASADOR_PG_PORT=6000\nTASADOR_GROUP=4\n# comment\n")
     s = Settings.load(env={"TASADOR_PG_PORT": "7000"}, dotenv=dotenv)
     assert s.pg_port == 7000 and s.group == 4
-    assert s.raw_db == "postgresql://tasador@127.0.0.1:7000/raw_data"
+    assert s.raw_db.startswith("postgresql://tasador@127.0.0.1:7000/raw_data?passfile=/")
 
 
 def test_explicit_url_overrides_the_derived_one():
     s = Settings.load(env={"TASADOR_CLEAN_DB_URL": "postgresql://u@db.example:5432/clean"}, dotenv="/none")
     assert s.clean_db == "postgresql://u@db.example:5432/clean"
-    assert s.raw_db.endswith(":5433/raw_data")
+    assert s.raw_db.endswith(f":5433/raw_data?passfile={s.state_path}/secrets/pgpass")
 
 
 def test_bad_value_names_the_variable():

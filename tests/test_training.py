@@ -18,7 +18,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cluster import mlflow_server, processes
+from cluster import mlflow_server, postgres, processes
 from tasador import ray_jobs, registry, training
 from tasador.features import PriceModel
 from tasador.promotion import load_model, promote
@@ -136,15 +136,11 @@ def test_s3_artifacts_round_trip_through_an_s3_compatible_server(settings, train
                              "-p", str(port)], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     os.environ.update(env)
-    admin = psycopg2.connect(f"postgresql://postgres@{settings.pg_host}:{settings.pg_port}/postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE mlflow_s3 OWNER "{settings.pg_user}"')
-    admin.close()
+    postgres.create_database(settings, "mlflow_s3")
     s3 = settings.replace(state_dir=str(tmp_path / "state"), mlflow_port=processes.free_port(),
                           mlflow_artifacts="s3://tasador-models/artifacts",
                           mlflow_s3_endpoint_url=f"http://127.0.0.1:{port}",
-                          mlflow_db_url=settings.mlflow_db.rsplit("/", 1)[0] + "/mlflow_s3")
+                          mlflow_db_url=settings.pg_url("mlflow_s3"))
     pid = None
     try:
         deadline = time.monotonic() + 30

@@ -1,0 +1,76 @@
+"""Who gets in where (issue 15), on the session stack's real PostgreSQL server."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from contextlib import closing
+
+import psycopg2
+import pytest
+
+from cluster import postgres
+
+
+def _tcp(settings, user: str, **params) -> str:
+    """How a TCP login as ``user`` ends: "connected" or the server's words."""
+    try:
+        psycopg2.connect(host=settings.pg_host, port=settings.pg_port, user=user, dbname="postgres",
+                         connect_timeout=5, **params).close()
+        return "connected"
+    except psycopg2.OperationalError as exc:
+        return str(exc)
+
+
+def test_psql_as_the_superuser_without_a_password_fails(settings):
+    done = subprocess.run([postgres.pg_bin("psql"), "-U", "postgres", "-h", settings.pg_host, "-p",
+                           str(settings.pg_port), "-w", "-c", "SELECT 1"], capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "rejects connection" in done.stderr, done.stderr
+
+
+def test_the_superuser_is_refused_over_tcp_even_with_its_password(settings):
+    password = postgres.superuser_password_path(settings).read_text().strip()
+    assert "pg_hba.conf rejects connection" in _tcp(settings, "postgres", password=password)
+    with closing(postgres.admin_connect(settings)) as conn, conn.cursor() as cur:  # the Unix socket still lets it in
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == ("postgres",)
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+def test_the_application_role_needs_its_password(settings, password):
+    said = _tcp(settings, settings.pg_user, **({"password": password} if password else {}))
+    assert "no password supplied" in said or "password authentication failed" in said, said
+
+
+def test_the_application_role_gets_in_through_the_passfile_and_owns_only_databases(settings):
+    with closing(psycopg2.connect(settings.raw_db)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles"
+                    " WHERE rolname = current_user")
+        assert cur.fetchone() == (False, False, False, False, False)
+        cur.execute("SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member"
+                    " WHERE r.rolname = current_user")
+        assert cur.fetchone() == (0,)  # a member of no other role
+        cur.execute("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles"
+                    " WHERE rolname = current_user)")
+        owned = {r[0] for r in cur.fetchall()}
+        assert set(postgres.DATABASES) <= owned and not owned & {"postgres", "template0", "template1"}
+    conn = psycopg2.connect(settings.raw_db)
+    conn.autocommit = True  # CREATE DATABASE refuses a transaction block before it checks privileges
+    try:
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("CREATE DATABASE not_allowed")
+    finally:
+        conn.close()
+
+
+def test_nothing_trusts_and_every_secret_file_is_private(settings):
+    hba = (settings.state_path / "pg" / "data" / "pg_hba.conf").read_text()
+    rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
+    assert rules and {r[-1] for r in rules} <= {"scram-sha-256", "reject"}, rules
+    files = [postgres.superuser_password_path(settings), postgres.app_password_path(settings),
+             settings.pg_passfile_path]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(settings.pg_passfile_path.parent.stat().st_mode) == 0o700
+    password = postgres.app_password_path(settings).read_text().strip()
+    assert password not in settings.raw_db and password not in " ".join(settings.as_env().values())
