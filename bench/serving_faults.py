@@ -440,7 +440,7 @@ def main() -> None:
     with private_stack(0.02, only=("postgres", "mlflow", "ray_head", "data_api")) as settings, \
             tempfile.TemporaryDirectory() as tmp:
         ray_jobs.use_cluster_auth(settings)
-        lab = prepare(serve.with_admin_token(settings), Path(tmp))
+        lab = prepare(settings, Path(tmp))
         for scenario in chosen:
             started = time.monotonic()
             row = {"scenario": scenario.name, "injected": scenario.injected, **scenario.run(lab),

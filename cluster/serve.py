@@ -23,12 +23,10 @@ CONFIG = Path(__file__).resolve().parent.parent / "serve_app" / "config.yaml"
 REPLICA_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 
 
-def with_admin_token(settings: Settings) -> Settings:
-    """The admin token from the settings (the environment), else one kept in the state dir (0600)."""
-    if settings.serve_admin_token:
-        return settings
-    token = secret_files.ensure(settings.state_path / "serve_admin_token", lambda: secrets.token_urlsafe(32))
-    return settings.replace(serve_admin_token=token)
+def admin_token(settings: Settings) -> str:
+    """The admin token, from its file (made 0600 first when missing). The replicas read the file
+    themselves: the value is never in the Serve config or a runtime environment."""
+    return secret_files.ensure(settings.serve_admin_token_path, lambda: secrets.token_urlsafe(32))
 
 
 def config(settings: Settings) -> dict:
@@ -49,6 +47,7 @@ def _headers(settings: Settings) -> dict:
 
 def deploy(settings: Settings, timeout_s: float = 180) -> dict:
     """PUT the config and wait until the application is RUNNING and the proxy answers /health."""
+    admin_token(settings)  # the file exists before a replica looks for it
     url = f"{settings.ray_dashboard}/api/serve/applications/"
     resp = requests.put(url, json=config(settings), headers=_headers(settings), timeout=60)
     if not resp.ok:

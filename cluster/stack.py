@@ -65,7 +65,7 @@ def up(settings: Settings, scale: float | None = None, only: tuple[str, ...] | N
         processes.record(state, "data_api", pid=pid, url=settings.data_api, scale=settings.data_api_scale)
 
     if "serve" in wanted and not _healthy(settings, "serve", registry.get("serve", {"url": settings.serve})):
-        serve.deploy(serve.with_admin_token(settings))
+        serve.deploy(settings)
         processes.record(state, "serve", pid=None, url=settings.serve, docs=f"{settings.serve}/docs")
 
     if prometheus.binary() and needed("prometheus"):

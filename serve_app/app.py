@@ -315,7 +315,10 @@ class PriceApi(PricingReplica):
     @api.post("/admin/reload", summary="Check the production alias now (admin token)")
     async def reload(self, request: Request):
         started = time.perf_counter()
-        token = self.settings.serve_admin_token
+        try:  # read at each call: replacing the file rotates the token without a redeploy
+            token = self.settings.serve_admin_token_path.read_text().strip()
+        except OSError:
+            token = ""
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not token:
             return self._done("/admin/reload", started, 403, {"detail": "no admin token is configured"}, "forbidden")

@@ -85,7 +85,9 @@ class Settings:
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
     serve_url: str = ""  # empty: the local Serve proxy
-    serve_admin_token: str = ""  # a secret for POST /admin/reload; empty: the stack makes one in the state dir
+    # the file holding the secret for POST /admin/reload (read at each call: replace it to rotate);
+    # empty: <state>/secrets/serve-admin-token, made 0600 by `tasador up`
+    serve_admin_token_file: str = ""
     serve_poll_s: float = 1.0  # how often each model replica checks the production alias
     serve_max_listings: int = 10_000  # per request
     serve_max_explain: int = 100  # listings per /explain request
@@ -113,6 +115,11 @@ class Settings:
     fault_point: str = ""
     fault_action: str = "kill"  # "kill" (SIGKILL itself) | "wait" (until <fault_dir>/<point>.release) | "raise"
     fault_dir: str = ""
+
+    @property
+    def serve_admin_token_path(self) -> Path:
+        return Path(self.serve_admin_token_file) if self.serve_admin_token_file else (
+            self.state_path / "secrets" / "serve-admin-token")
 
     @property
     def pg_passfile_path(self) -> Path:

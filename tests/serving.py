@@ -62,7 +62,7 @@ def wait_for_version(s, version: str, timeout_s: float = 30) -> None:
 def serving_model(settings, model_name: str, group: int):
     """Ingest and process the group's first batch, deploy Serve following ``model_name``, register a
     Ridge version and make it production. Restores the stack's Serve app afterwards."""
-    s = serve.with_admin_token(settings.replace(model_name=model_name))
+    s = settings.replace(model_name=model_name)
     for job in ("jobs.ingest", "jobs.process", "jobs.decide"):
         outcome = ray_jobs.run(settings, job, ["--group", str(group), "--day", "Monday"], timeout_s=600)
         assert outcome.status == "SUCCEEDED", outcome.logs[-3000:]
@@ -79,4 +79,4 @@ def serving_model(settings, model_name: str, group: int):
         yield {"s": s, "ds": ds, "features": features, "arrays": arrays, "v1": v1, "batch_id": batch_id}
     finally:
         set_production(s, v1)
-        serve.deploy(serve.with_admin_token(settings))
+        serve.deploy(settings)

@@ -8,8 +8,10 @@ from contextlib import closing
 
 import psycopg2
 import pytest
+import requests
 
-from cluster import postgres
+from cluster import postgres, serve
+from tasador import ray_jobs
 
 
 def _tcp(settings, user: str, **params) -> str:
@@ -74,3 +76,23 @@ def test_nothing_trusts_and_every_secret_file_is_private(settings):
     assert stat.S_IMODE(settings.pg_passfile_path.parent.stat().st_mode) == 0o700
     password = postgres.app_password_path(settings).read_text().strip()
     assert password not in settings.raw_db and password not in " ".join(settings.as_env().values())
+
+
+def test_no_secret_value_is_readable_through_rays_job_and_serve_apis(settings):
+    """Ray's dashboard shows every job's entrypoint and runtime environment and the Serve config to
+    anyone with the cluster token: the secrets must reach Ray processes by reference only."""
+    outcome = ray_jobs.run(settings, "jobs.ingest", ["--group", "77", "--day", "Monday"], timeout_s=600)
+    assert outcome.status == "SUCCEEDED", outcome.logs[-2000:]
+    serve.deploy(settings)  # the stack's app: config and runtime environment as `tasador up` sends them
+    headers = {"Authorization": f"Bearer {ray_jobs.token(settings)}"}
+    pages = {path: requests.get(f"{settings.ray_dashboard}{path}", headers=headers, timeout=30)
+             for path in ("/api/jobs/", "/api/serve/applications/", f"/api/jobs/{outcome.job_id}")}
+    assert all(r.ok for r in pages.values()), {p: r.status_code for p, r in pages.items()}
+    text = "\n".join(r.text for r in pages.values())
+    assert "jobs.ingest" in text and "PriceApi" in text  # the pages that hold them were read
+    secrets = {"serve admin token": serve.admin_token(settings),
+               "database password": postgres.app_password_path(settings).read_text().strip(),
+               "superuser password": postgres.superuser_password_path(settings).read_text().strip(),
+               "Ray token": ray_jobs.token(settings)}
+    assert all(len(v) >= 16 for v in secrets.values())
+    assert [name for name, value in secrets.items() if value in text] == []

@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 import requests
 
-from cluster import prometheus
+from cluster import prometheus, serve
 from serve_app.app import prediction_ids
 from serve_app.model import RegistryLoader
 from serve_app.prediction_log import PredictionLog
@@ -173,7 +173,7 @@ def test_admin_reload_needs_the_token(serving):
     assert requests.post(f"{s.serve}/admin/reload", timeout=10).status_code == 401
     assert requests.post(f"{s.serve}/admin/reload", headers={"Authorization": "Bearer wrong"},
                          timeout=10).status_code == 401
-    ok = requests.post(f"{s.serve}/admin/reload", headers={"Authorization": f"Bearer {s.serve_admin_token}"},
+    ok = requests.post(f"{s.serve}/admin/reload", headers={"Authorization": f"Bearer {serve.admin_token(s)}"},
                        timeout=30)
     assert ok.status_code == 200 and ok.json()["version"] == serving["v1"]
 

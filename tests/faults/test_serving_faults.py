@@ -27,7 +27,7 @@ SCENARIOS = [s for s in serving_faults.SCENARIOS if s.name != "kill_ray_dashboar
 @pytest.fixture(scope="module")
 def serving_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving-faults")
-    with own_stack(serve.with_admin_token(fresh_settings(tmp))) as s:
+    with own_stack(fresh_settings(tmp)) as s:
         workdir = Path(tmp) / "load"
         workdir.mkdir()
         yield serving_faults.prepare(s, workdir)
