@@ -3,7 +3,8 @@ below the version Ray Serve here uses, so it cannot share ``.venv``; the DAG nee
 project's settings and job client, installed there without dependencies).
 
 Metadata in the stack's PostgreSQL (``airflow`` database); the DAGs folder is ``airflow_dags/``.
-``start`` runs ``airflow standalone`` (API server, scheduler, DAG processor, triggerer) on loopback
+``start`` runs Airflow's API server, scheduler, DAG processor and triggerer on loopback (as
+``airflow standalone`` does, without the log servers: ``cluster/airflow_components.py``)
 and sets the DAG's schedule live (or paused: ``TASADOR_AIRFLOW_PAUSED``); ``trigger`` and
 ``wait_run`` start a run through the scheduler and follow it, as the demo does; ``dags_test`` runs
 one DAG run in-process (``airflow dags test``) without a scheduler.
@@ -73,9 +74,11 @@ def dags_test(settings: Settings, timeout_s: float = 7200) -> tuple[str, str]:
 
 
 def start(settings: Settings) -> int:
-    """``airflow standalone`` on loopback; then the DAG's schedule live, or paused when the settings say."""
+    """Airflow's components on loopback (``cluster/airflow_components.py``: ``airflow standalone``
+    without the log servers it would bind to every interface); then the DAG's schedule live, or paused
+    when the settings say."""
     migrate(settings)
-    pid = processes.spawn([str(VENV / "bin" / "airflow"), "standalone"],
+    pid = processes.spawn([str(VENV / "bin" / "python"), str(REPO / "cluster" / "airflow_components.py")],
                           settings.state_path / "logs" / f"{settings.airflow_instance}.log", env=env(settings))
     processes.wait_http(f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health", 180, pid=pid)
     set_paused(settings, settings.airflow_paused)

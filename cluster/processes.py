@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -201,3 +202,29 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def listening_sockets(roots: list[int]) -> list[dict]:
+    """Every listening TCP socket of ``roots`` and their descendants: pid, process name, address,
+    port, and whether the address is loopback."""
+    import psutil
+
+    found = []
+    for pid in sorted({*roots, *(d for root in roots for d in descendants(root))}):
+        try:
+            proc = psutil.Process(pid)
+            name, sockets = proc.name(), proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for sock in sockets:
+            if sock.status == psutil.CONN_LISTEN:
+                found.append({"pid": pid, "name": name, "address": sock.laddr.ip, "port": sock.laddr.port,
+                              "loopback": is_loopback(sock.laddr.ip)})
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback

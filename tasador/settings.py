@@ -106,7 +106,7 @@ class Settings:
     airflow_retries: int = 2
     airflow_job_timeout_s: float = 3600.0
     airflow_port: int = 8081
-    airflow_server: bool = True  # `tasador up` runs `airflow standalone` (the UI and the scheduler)
+    airflow_server: bool = True  # `tasador up` runs Airflow (the UI and the scheduler: cluster/airflow_components.py)
     airflow_instance: str = "airflow"  # its home (<state>/<instance>) and metadata database in the stack's PostgreSQL
     airflow_paused: bool = False  # true: the DAG's schedule is paused (runs only when triggered by hand)
     airflow_retry_delay_s: float = 30.0

@@ -6,12 +6,14 @@ import stat
 import subprocess
 from contextlib import closing
 
+import grpc
 import psycopg2
 import pytest
 import requests
 
-from cluster import postgres, serve
+from cluster import postgres, prometheus, serve, stack
 from tasador import ray_jobs
+from tests.conftest import REPO
 
 
 def _tcp(settings, user: str, **params) -> str:
@@ -96,3 +98,35 @@ def test_no_secret_value_is_readable_through_rays_job_and_serve_apis(settings):
                "Ray token": ray_jobs.token(settings)}
     assert all(len(v) >= 16 for v in secrets.values())
     assert [name for name, value in secrets.items() if value in text] == []
+
+
+def allow_list() -> list[tuple[str, str]]:
+    """(process name prefix, address) rows of docs/security.md's allow-list."""
+    text = (REPO / "docs" / "security.md").read_text()
+    section = text.split("## Listeners off loopback", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    return [(name.strip().strip("`"), address.strip().strip("`")) for name, address in rows]
+
+
+def not_allowed(sockets: list[dict]) -> list[dict]:
+    """The listening sockets off loopback that the allow-list does not name."""
+    allowed = allow_list()
+    return [s for s in sockets if not s["loopback"]
+            and not any(s["name"].startswith(name) and s["address"] == address for name, address in allowed)]
+
+
+def test_nothing_the_stack_started_listens_off_loopback_but_the_allow_list(settings):
+    sockets = stack.listening_sockets(settings)
+    names = {s["name"] for s in sockets}
+    seen = ("gcs_server", "raylet", "postgres", "haproxy", "ray::ServeReplica", "ray::ProxyActor",
+            *(("prometheus",) if prometheus.binary() else ()))
+    assert all(any(n.startswith(prefix) for n in names) for prefix in seen), names  # the whole stack was seen
+    assert not_allowed(sockets) == []
+    allowed = [s for s in sockets if not s["loopback"]]
+    assert allowed, "the allow-list names listeners that no longer exist: shorten it"
+    for sock in allowed:  # what protects them: Ray's token
+        with grpc.insecure_channel(f"127.0.0.1:{sock['port']}") as channel:
+            call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (sock, refused.value)

@@ -1,4 +1,4 @@
-"""Airflow's real scheduler (``airflow standalone``, LocalExecutor) runs the cycle on a short schedule,
+"""Airflow's real scheduler (``cluster/airflow_components.py``, LocalExecutor) runs the cycle on a short schedule,
 and a task that fails after submitting its Ray job is retried by Airflow and re-attaches to that job:
 one Ray job per step of the run, never two. Then the main job's path: the demo triggers one run per
 batch through the same scheduler until the API is exhausted, every batch decided with its reason."""
@@ -25,6 +25,9 @@ def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(fault_stack,
     pid = airflow.start(s)  # the schedule goes live: the DAG is unpaused
     try:
         first = faults.first_scheduled_run(s)
+        listening = processes.listening_sockets([pid])  # a task has run: every component is up
+        assert {x["port"] for x in listening} >= {s.airflow_port}
+        assert [x for x in listening if not x["loopback"]] == []  # no log server on every interface
         demo.through_airflow(s)  # the main job's path: a triggered run per batch until one ingests nothing
     finally:
         processes.stop_pid(pid)
