@@ -17,6 +17,7 @@ import pandas as pd
 import sqlalchemy
 
 from bench.common import parser, private_stack, report, timer
+from cluster import ray_head
 from tasador import db, processing
 from tasador.cleaning import CLEAN_COLUMNS, clean_frame, mark_duplicates
 from tasador.ingest import ingest_next
@@ -33,7 +34,7 @@ def main() -> None:
         use_cluster_auth(settings)
         import ray
 
-        ray.init(address=f"127.0.0.1:{settings.ray_gcs_port}", logging_level=logging.WARNING)
+        ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
         try:
             processing.clean_with_ray(settings, batch_id)  # warm the workers once, as a running cluster is
             with timer() as t_tasador:

@@ -23,7 +23,7 @@ import numpy as np
 import requests
 
 from bench.common import parser, private_stack, report
-from cluster import processes
+from cluster import processes, ray_head
 from tasador import registry, training
 from tasador.features import PriceModel
 from tasador.ingest import ingest_next
@@ -79,7 +79,7 @@ def trained_model(settings) -> str:
 
     import ray
 
-    ray.init(address=f"127.0.0.1:{settings.ray_gcs_port}", logging_level=logging.WARNING)
+    ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
     ingest_next(settings, 1, "bench")
     process_pending(settings, 1, "bench")
     ds = training.load_dataset(settings)

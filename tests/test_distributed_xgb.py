@@ -22,7 +22,7 @@ def two_nodes(settings, tmp_path_factory):
                          ray_metrics_port=processes.free_port(), ray_num_cpus=2, xgb_distributed=True, xgb_workers=2)
     s.state_path.mkdir(parents=True)
     shutil.copy(ray_jobs.token_path(settings), ray_jobs.token_path(s))  # clients here hold the session's token
-    head = ray_head.start(s)
+    head = ray_head.start(s, multi_node=True)  # Ray's cluster mode: a worker node joins
     worker = None
     try:
         worker = ray_head.start_worker(s, 0, num_cpus=2)
