@@ -14,6 +14,7 @@ import io
 import pandas as pd
 import requests
 import sqlalchemy
+from psycopg2 import sql
 
 from bench.common import parser, peak_rss_mb, private_stack, report, timer
 from cluster import processes
@@ -52,7 +53,8 @@ def main() -> None:
             cur.execute("CREATE TABLE bench_copy AS SELECT * FROM listings WHERE false")
         with timer() as t_copy, db.transaction(settings.raw_db) as cur:
             csv_text.seek(0)
-            cur.copy_expert(f"COPY bench_copy ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)", csv_text)
+            copy = sql.SQL("COPY bench_copy ({}) FROM STDIN WITH (FORMAT csv)").format(db.identifiers(COLUMNS))
+            cur.copy_expert(copy.as_string(cur), csv_text)
 
         # the data API's memory while it serves its largest batch (361,457 rows at full scale)
         order = batch_order(3, "bench")

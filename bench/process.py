@@ -10,11 +10,13 @@ Measured, same run, same rows:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 
 import pandas as pd
 import sqlalchemy
+from psycopg2 import sql
 
 from bench.common import parser, private_stack, report, timer
 from cluster import ray_head
@@ -46,8 +48,9 @@ def main() -> None:
         engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.raw_db))
         clean_engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.clean_db))
         with timer() as t_pandas:
-            raw = pd.read_sql(sqlalchemy.text(processing.RAW_BATCH_SQL.replace("%s", ":b")), engine,
-                              params={"b": batch_id})
+            with contextlib.closing(db.connect(settings.raw_db)) as conn:
+                raw_sql = processing.raw_batch_query().as_string(conn).replace("%s", ":b")
+            raw = pd.read_sql(sqlalchemy.text(raw_sql), engine, params={"b": batch_id})
             df = mark_duplicates(clean_frame(raw, settings.clean_price_min, settings.clean_price_max))
             df[df["reason"].isna()][list(CLEAN_COLUMNS)].to_sql("bench_pandas_clean", clean_engine,
                                                                   if_exists="replace", index=False, chunksize=10_000)
@@ -63,11 +66,12 @@ def main() -> None:
             cur.execute("CREATE TABLE bench_bound (LIKE listings INCLUDING INDEXES)")
         with timer() as t_bound:
             with db.transaction(settings.raw_db) as cur:
-                db.copy_out_csv(cur, processing.RAW_BATCH_SQL.replace("%s", str(int(batch_id))))
+                db.copy_out_csv(cur, processing.raw_batch_query(batch_id))
             with db.transaction(settings.clean_db) as cur:
                 rendered.seek(0)
-                cur.copy_expert(f"COPY bench_bound ({', '.join(CLEAN_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
-                                rendered)
+                copy = sql.SQL("COPY bench_bound ({}) FROM STDIN WITH (FORMAT csv)").format(
+                    db.identifiers(CLEAN_COLUMNS))
+                cur.copy_expert(copy.as_string(cur), rendered)
         _report(rows, scale, t_tasador, t_pandas, t_bound)
 
 

@@ -16,11 +16,16 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 
+from psycopg2 import sql
+
 from tasador import db, registry
 from tasador.schema import COLUMNS
 from tasador.settings import Settings
 
 SEP, NULL = "\x1f", "\\N"
+# one key per stored row: the md5 of its columns joined by SEP, NULL as the marker
+ROW_KEYS = sql.SQL("SELECT md5(concat_ws(%s, {})) FROM listings WHERE batch_id = %s").format(
+    sql.SQL(", ").join(sql.SQL("coalesce({}, %s)").format(sql.Identifier(c)) for c in COLUMNS))
 
 
 def content_key(values: Iterable) -> str:
@@ -49,8 +54,7 @@ def audit(settings: Settings, group: int, day: str, api_batches: list[list[dict]
             problems.append("two ledger batches carry the same payload")
         stored: dict[int, Counter] = {}
         for batch_id, number, rows, _ in ledger:
-            cur.execute(f"SELECT md5(concat_ws(%s, {', '.join(f'coalesce({c}, %s)' for c in COLUMNS)}))"
-                        " FROM listings WHERE batch_id = %s", (SEP, *[NULL] * len(COLUMNS), batch_id))
+            cur.execute(ROW_KEYS, (SEP, *[NULL] * len(COLUMNS), batch_id))
             stored[number] = Counter(r[0] for r in cur.fetchall())
             held = sum(stored[number].values())
             if held != rows:

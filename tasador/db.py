@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 
 from tasador.schema import COLUMNS, FEATURES
 
@@ -230,9 +231,9 @@ def copy_in(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -
 
     csv.writer(buf, lineterminator="\n").writerows(with_nulls())
     buf.seek(0)
-    cur.copy_expert(
-        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
-    )
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL '\\N')").format(
+        sql.Identifier(table), identifiers(columns))
+    cur.copy_expert(statement.as_string(cur), buf)
     return count
 
 
@@ -246,15 +247,29 @@ def copy_frame(cur, table: str, df) -> int:
     pa_csv.write_csv(pa.Table.from_pandas(df, preserve_index=False), buf,
                      pa_csv.WriteOptions(include_header=False))
     buf.seek(0)
-    cur.copy_expert(f"COPY {table} ({', '.join(df.columns)}) FROM STDIN WITH (FORMAT csv)", buf)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(sql.Identifier(table),
+                                                                         identifiers(df.columns))
+    cur.copy_expert(statement.as_string(cur), buf)
     return len(df)
 
 
-def copy_out_csv(cur, query: str) -> str:
-    """COPY the result of ``query`` (a fixed SQL text, no input) out as CSV with a header."""
+def copy_out_csv(cur, query: sql.Composable) -> str:
+    """COPY the result of ``query`` out as CSV with a header (COPY takes no parameters: values reach
+    ``query`` as ``sql.Literal``, names as ``sql.Identifier``)."""
     buf = io.StringIO()
-    cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL '')", buf)
+    statement = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL '')").format(query)
+    cur.copy_expert(statement.as_string(cur), buf)
     return buf.getvalue()
+
+
+def identifiers(names: Iterable[str]) -> sql.Composable:
+    """``a, b, c`` as quoted SQL identifiers."""
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def in_batches(batch_ids: Iterable[int]) -> sql.Composable:
+    """``batch_id = ANY(...)`` for a list of batch ids (empty: no row)."""
+    return sql.SQL("batch_id = ANY({}::bigint[])").format(sql.Literal([int(b) for b in batch_ids]))
 
 
 def _safe(url: str) -> str:

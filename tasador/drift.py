@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+from psycopg2 import sql
 from scipy import stats
 
 from tasador import db
@@ -59,10 +60,9 @@ def load(settings: Settings, batch_ids: list[int]) -> pd.DataFrame:
     """The drift columns of the clean rows of ``batch_ids`` (COPY out, parsed by pandas' C reader)."""
     if not batch_ids:
         return pd.DataFrame(columns=[*NUMERIC, *CATEGORICAL])
-    ids = ",".join(str(int(b)) for b in batch_ids)  # integers only: safe to inline in a COPY query
     with db.transaction(settings.clean_db) as cur:
-        text = db.copy_out_csv(cur, f"SELECT {', '.join(NUMERIC + CATEGORICAL)} FROM listings"
-                                    f" WHERE batch_id IN ({ids})")
+        text = db.copy_out_csv(cur, sql.SQL("SELECT {} FROM listings WHERE {}").format(
+            db.identifiers(NUMERIC + CATEGORICAL), db.in_batches(batch_ids)))
     return pd.read_csv(io.StringIO(text), dtype={c: "float64" for c in NUMERIC})
 
 

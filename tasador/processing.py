@@ -8,11 +8,13 @@ COPY in one transaction, after checking clean + rejected = raw. Processing a bat
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
 
 import pandas as pd
+from psycopg2 import sql
 
 from tasador import db, faults, locks
 from tasador.cleaning import CLEAN_COLUMNS, clean_table, mark_duplicates
@@ -21,7 +23,13 @@ from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RAW_BATCH_SQL = f"SELECT raw_id, batch_id, {', '.join(COLUMNS)} FROM listings WHERE batch_id = %s"
+
+
+def raw_batch_query(batch_id: int | None = None) -> sql.Composable:
+    """The raw rows of a batch: the batch id a ``%s`` parameter, or (COPY takes none) a literal."""
+    value = sql.Placeholder() if batch_id is None else sql.Literal(int(batch_id))
+    return sql.SQL("SELECT raw_id, batch_id, {} FROM listings WHERE batch_id = {}").format(
+        db.identifiers(COLUMNS), value)
 
 
 class AccountingError(Exception):
@@ -59,7 +67,9 @@ def clean_with_ray(settings: Settings, batch_id: int) -> pd.DataFrame:
     raw_url = settings.raw_db
     # two shards per CPU: a shard's database fetch and its cleaning then overlap with another's
     shards = settings.process_read_shards or max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    ds = ray.data.read_sql(RAW_BATCH_SQL, lambda: db.connect(raw_url), sql_params=(batch_id,),
+    with contextlib.closing(db.connect(raw_url)) as conn:  # psycopg2 quotes identifiers for a connection
+        query = raw_batch_query().as_string(conn)
+    ds = ray.data.read_sql(query, lambda: db.connect(raw_url), sql_params=(batch_id,),
                            shard_keys=["raw_id"], shard_hash_fn="hashint8", override_num_blocks=shards)
     ds = ds.map_batches(clean_table, batch_format="pyarrow", batch_size=None,
                         fn_kwargs={"price_min": settings.clean_price_min, "price_max": settings.clean_price_max,

@@ -16,6 +16,7 @@ import json
 import logging
 
 import numpy as np
+from psycopg2 import sql
 from psycopg2.extras import Json
 
 from tasador import db, faults, locks
@@ -130,7 +131,8 @@ def _apply(settings: Settings, version: str, row: dict, training_id: int | None)
 def _training(settings: Settings, training_id: int) -> dict:
     keys = ("version", "verdict", "promotion_reason", "promotion_scores", "previous_production")
     with db.transaction(settings.clean_db) as cur:
-        cur.execute(f"SELECT {', '.join(keys)} FROM trainings WHERE training_id = %s", (training_id,))
+        cur.execute(sql.SQL("SELECT {} FROM trainings WHERE training_id = %s").format(db.identifiers(keys)),
+                    (training_id,))
         found = cur.fetchone()
     if found is None or found[0] is None:
         raise ValueError(f"training {training_id} has no registered version to promote")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from psycopg2 import sql
 
 from tasador import db, faults
 from tasador.cleaning import split_key
@@ -55,9 +56,9 @@ def load_dataset(settings: Settings, batch_ids: list[int] | None = None) -> Data
         if batch_ids is None:
             cur.execute("SELECT batch_id FROM processed_batches ORDER BY batch_id")
             batch_ids = [r[0] for r in cur.fetchall()]
-        ids = ",".join(str(int(b)) for b in batch_ids) or "NULL"  # integers only
-        text = db.copy_out_csv(cur, f"SELECT raw_id, property_id, {', '.join(FEATURES)}, price FROM listings"
-                                    f" WHERE batch_id IN ({ids}) ORDER BY raw_id")
+        text = db.copy_out_csv(cur, sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {}"
+                                            " ORDER BY raw_id").format(db.identifiers(FEATURES),
+                                                                       db.in_batches(batch_ids)))
     frame = pd.read_csv(io.StringIO(text), dtype={"zip_code": "string", "city": "string"})
     bucket = split_key(frame["property_id"])
     test_cut = round(settings.test_share * 100)
