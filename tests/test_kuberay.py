@@ -25,8 +25,9 @@ KNOWN_KINDS = {
     ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("batch/v1", "Job"),
     ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
-    ("argoproj.io/v1alpha1", "Application"),
+    ("argoproj.io/v1alpha1", "Application"), ("networking.k8s.io/v1", "NetworkPolicy"),
 }
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 
 
 def manifests() -> list[dict]:
@@ -179,3 +180,65 @@ def test_the_ci_workflow_runs_the_readme_test_command_and_pushes_an_image_per_co
     assert pushes and "${{ github.sha }}" in pushes[0]["with"]["tags"]
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM rayproject/ray:2\.60\.0-py311", dockerfile, re.M)
+
+
+def test_every_credential_comes_from_a_secret_never_a_literal():
+    """Any env var named like a credential takes its value from a Secret; none is written in a
+    manifest, the settings ConfigMap or the Airflow values."""
+    docs = [*manifests(), yaml.safe_load((KUBERAY / "airflow" / "values.yaml").read_text())]
+    literal = [(c.get("name"), e["name"]) for d in docs for c in containers(d) for e in c.get("env", [])
+               if SECRET_NAME.search(e["name"]) and "value" in e]
+    assert literal == []
+    (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
+    assert [k for k in config["data"] if SECRET_NAME.search(k) and not k.endswith("_FILE")] == []
+    assert all(d["kind"] != "Secret" for d in manifests())  # Secrets are made out of band, never committed
+    airflow = yaml.safe_load((KUBERAY / "airflow" / "values.yaml").read_text())
+    assert {"envName": "RAY_AUTH_TOKEN", "secretName": "tasador-ray-token", "secretKey": "auth_token"} \
+        in airflow["secret"]
+
+
+def test_ray_clusters_take_their_token_from_a_secret():
+    (jobs,) = by_kind("RayCluster")
+    (service,) = by_kind("RayService")
+    for spec in (jobs["spec"], service["spec"]["rayClusterConfig"]):
+        assert spec["authOptions"] == {"mode": "token", "secretName": "tasador-ray-token"}
+    mounts = [m for c in containers(service) for m in c.get("volumeMounts", [])]
+    assert {m["mountPath"] for m in mounts if m["name"] == "serve-admin-token"} == {"/etc/tasador/serve-admin"}
+    (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
+    assert config["data"]["TASADOR_SERVE_ADMIN_TOKEN_FILE"].startswith("/etc/tasador/serve-admin/")
+
+
+def _allowed_sources(policy: dict, port: int) -> list[dict]:
+    """The ``from`` entries of the rules that open ``port`` (a rule without ports opens all)."""
+    found = []
+    for rule in policy["spec"]["ingress"]:
+        if not rule.get("ports") or any(p["port"] == port for p in rule["ports"]):
+            found += rule.get("from", [{"anyone": True}])
+    return found
+
+
+@pytest.mark.parametrize("target, port, allowed", [
+    ({"app": "postgres"}, 5432, [{"ray.io/is-ray-node": "yes"}, {"app": "mlflow"}, {"tier": "airflow"},
+                                 {"app": "grafana"}]),
+    ({"app": "mlflow"}, 5000, [{"ray.io/is-ray-node": "yes"}]),
+    ({"app": "minio"}, 9000, [{"app": "mlflow"}, {"batch.kubernetes.io/job-name": "minio-create-bucket"}]),
+    ({"ray.io/node-type": "head"}, 6379, [{"ray.io/is-ray-node": "yes"}]),
+    ({"ray.io/node-type": "head"}, 8265, [{"ray.io/is-ray-node": "yes"}, {"tier": "airflow"}]),
+])
+def test_network_policies_let_only_the_pods_that_need_them_in(target, port, allowed):
+    (policy,) = [p for p in by_kind("NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"] == target]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = _allowed_sources(policy, port)
+    assert all(set(s) == {"podSelector"} for s in sources), sources  # no ipBlock, no namespace, no "anyone"
+    assert [s["podSelector"]["matchLabels"] for s in sources] == allowed
+    pods = {tuple(sorted(d["spec"]["template"]["metadata"]["labels"].items()))
+            for d in manifests() if d["kind"] in ("Deployment", "StatefulSet")}
+    for labels in allowed:  # every label names pods that exist (ours, KubeRay's, Airflow's chart)
+        assert (any(set(labels.items()) <= set(p) for p in pods) or set(labels) & {
+            "ray.io/is-ray-node", "tier", "batch.kubernetes.io/job-name"}), labels
+
+
+def test_the_prediction_api_stays_public_on_the_serve_head():
+    (policy,) = [p for p in by_kind("NetworkPolicy") if p["metadata"]["name"] == "ray-head-ingress"]
+    assert {"anyone": True} in _allowed_sources(policy, 8000)
+    assert {"anyone": True} not in _allowed_sources(policy, 8265)
