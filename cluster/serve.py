@@ -15,6 +15,7 @@ import yaml
 
 from tasador import secret_files
 from tasador.ray_jobs import token_path
+from tasador.registry import client_env
 from tasador.settings import Settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "serve_app" / "config.yaml"
@@ -35,6 +36,7 @@ def config(settings: Settings) -> dict:
     for app in cfg["applications"]:
         env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env.update(settings.as_env())
+        env.update(client_env(settings, "reader"))  # serving reads the registry, never writes it
         env.update(REPLICA_ENV)
     return cfg
 

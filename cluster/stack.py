@@ -11,6 +11,7 @@ import requests
 from cluster import airflow, mlflow_server, postgres, processes, prometheus, ray_head, serve
 from tasador import db
 from tasador.ray_jobs import token_path
+from tasador.registry import client_env
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def up(settings: Settings, scale: float | None = None, only: tuple[str, ...] | N
 
     if needed("dash"):
         pid = processes.spawn([sys.executable, "-m", "dashboard.app"], state / "logs" / "dash.log",
-                              env=settings.as_env())
+                              env={**settings.as_env(), **client_env(settings, "reader")})
         url = f"http://127.0.0.1:{settings.dash_port}"
         processes.wait_http(f"{url}/health", 60, pid=pid)
         processes.record(state, "dash", pid=pid, url=url)

@@ -10,6 +10,7 @@ import time
 import requests
 
 from tasador import db
+from tasador.registry import mlflow_client
 from tasador.settings import Settings
 
 
@@ -35,9 +36,7 @@ def explain(settings: Settings, listing: dict) -> dict:
 # -- MLflow registry --------------------------------------------------------------------------------
 def model_versions(settings: Settings) -> list[dict]:
     """Every registered version with its lineage tags, newest first (one paged registry query)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
+    client = mlflow_client(settings)  # as the stack's reader (cluster/stack.py)
     try:
         production = client.get_registered_model(settings.model_name).aliases.get("production")
     except Exception:  # no model registered yet, or MLflow down: the search below says which

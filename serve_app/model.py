@@ -29,7 +29,7 @@ import pandas as pd
 from ray import serve
 
 from serve_app import metrics
-from tasador.registry import PRODUCTION, mlflow_client
+from tasador.registry import mlflow_client, production_version
 from tasador.schema import FEATURES
 from tasador.settings import Settings
 
@@ -59,14 +59,7 @@ class RegistryLoader:
         self.client = mlflow_client(settings)
 
     def production_version(self) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_model_version_by_alias(self.settings.model_name, PRODUCTION).version
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise
+        return production_version(self.client, self.settings.model_name)
 
     def load(self, version: str) -> LoadedModel:
         import mlflow.sklearn
@@ -115,9 +108,6 @@ class RegistryLoader:
         for stale in sorted(root.glob("*-v*-*"), key=lambda p: p.stat().st_mtime)[:-MODEL_CACHE_KEEP]:
             shutil.rmtree(stale, ignore_errors=True)
         return str(final)
-
-    def tag_refusal(self, version: str, error: str) -> None:
-        self.client.set_model_version_tag(self.settings.model_name, version, "serving_refused", error[:4000])
 
 
 def check_model(loaded: LoadedModel) -> None:
@@ -188,7 +178,6 @@ class ProductionModel:
                                    "at": time.time()}
                 self.metrics.load_failures.inc(tags={"version": str(wanted)})
                 log.error("production version %s refused, still serving %s: %s", wanted, current, exc)
-                self._tag_refusal(wanted, self.last_error["error"])
                 return {"status": "refused", "version": current, "production": wanted, "error": self.last_error}
             loaded.info["loaded_at"] = time.time()
             loaded.info["load_seconds"] = round(time.perf_counter() - started, 3)
@@ -199,13 +188,6 @@ class ProductionModel:
             log.info("now serving version %s (was %s), loaded in %.2fs", wanted, current,
                      loaded.info["load_seconds"])
             return {"status": "swapped", "version": wanted, "previous": current}
-
-    def _tag_refusal(self, version: str, error: str) -> None:
-        """Say on the version itself why serving refused it (best effort: the registry may be down)."""
-        try:
-            self.loader.tag_refusal(version, error)
-        except Exception as exc:
-            log.warning("could not tag the refusal of version %s: %s", version, exc)
 
     def alive(self) -> bool:
         """False when the replica should be replaced: the thread that follows the alias died, or there is

@@ -39,6 +39,16 @@ def _text(value) -> str | None:
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
+def _tell(callback, n: int) -> None:
+    """Report ``n`` rows to a counter (a metric): only a positive count (Ray's counters refuse 0: a
+    chunk of duplicates writes 0 new rows), and a failing counter never fails the write it reports."""
+    if n > 0:
+        try:
+            callback(n)
+        except Exception:
+            log.exception("prediction log: reporting %d rows failed", n)
+
+
 def write_once(cur, rows: list[tuple]) -> int:
     """Write ``rows`` (``db.PREDICTION_COLUMNS`` order) into ``predictions``; a prediction id already
     there is skipped. Returns how many rows were new."""
@@ -80,7 +90,7 @@ class PredictionLog:
         with self._lock:
             if self.pending + n > self.max_rows:
                 self.lost += n
-                self.on_lost(n)
+                _tell(self.on_lost, n)
                 return
             self.chunks.append((ids, dt.datetime.now(dt.UTC), model_name, version, prices, columns))
             self.pending += n
@@ -128,7 +138,7 @@ class PredictionLog:
             self.logged += new
             self.duplicates += rows - new
         self.last_error, self.unreachable_since, self.last_written_at = None, None, time.time()
-        self.on_logged(new)
+        _tell(self.on_logged, new)
         return new
 
     def _keep(self, chunks: list, exc: Exception) -> int:
@@ -143,7 +153,7 @@ class PredictionLog:
         with self._lock:
             self.pending -= rows
             self.lost += rows
-        self.on_lost(rows)
+        _tell(self.on_lost, rows)
         self.last_error = f"rows refused by the database: {exc}".strip()[:500]
         log.error("prediction log: %d rows refused by the database, dropped: %s", rows, exc)
 
@@ -182,7 +192,7 @@ class PredictionLog:
                 self.lost += left
                 self.pending = 0
                 self.chunks.clear()
-            self.on_lost(left)
+            _tell(self.on_lost, left)
             log.error("prediction log: %d rows could not be written before the replica stopped (%s)",
                       left, self.last_error)
         if self._conn is not None:

@@ -4,11 +4,21 @@ and the tags every version carries (batches, family, metrics, decision and reaso
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from tasador.settings import Settings
 
 PRODUCTION = "production"
+# how every process of the stack authenticates to MLflow: the request-auth plugin of tasador/mlflow_auth.py
+# (a name, not a secret: the plugin reads the file TASADOR_MLFLOW_CREDENTIALS_FILE names)
+MLFLOW_AUTH_ENV = {"MLFLOW_TRACKING_AUTH": "tasador-file"}
+
+
+def client_env(settings: Settings, identity: str | None = None) -> dict[str, str]:
+    """The environment of an MLflow client of the stack as ``identity`` (default: the settings')."""
+    path = settings.mlflow_identity_path(identity) if identity else settings.mlflow_credentials_path
+    return {**MLFLOW_AUTH_ENV, "TASADOR_MLFLOW_CREDENTIALS_FILE": str(path.resolve())}
 
 
 @dataclass(frozen=True)
@@ -20,25 +30,38 @@ class Production:
 
 
 def mlflow_client(settings: Settings):
+    """A client of this settings' server, this process's MLflow calls (the client's and the library's:
+    ``mlflow.start_run``, ``load_model``) authenticated as the settings' identity (mlflow_auth)."""
     import mlflow
     from mlflow import MlflowClient
 
+    os.environ.update(client_env(settings))
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
 
 
-def production(settings: Settings) -> Production | None:
-    """The version holding the ``production`` alias, or None when there is none (yet)."""
+def production_version(client, model_name: str) -> str | None:
+    """The version number the ``production`` alias names, or None (no such model or alias yet). Read
+    from the registered model: MLflow's auth app answers an alias lookup on a model that does not
+    exist with 403, not 404."""
     from mlflow.exceptions import MlflowException
 
-    client = mlflow_client(settings)
     try:
-        mv = client.get_model_version_by_alias(settings.model_name, PRODUCTION)
+        return client.get_registered_model(model_name).aliases.get(PRODUCTION)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
             return None
         raise
+
+
+def production(settings: Settings) -> Production | None:
+    """The version holding the ``production`` alias, or None when there is none (yet)."""
+    client = mlflow_client(settings)
+    version = production_version(client, settings.model_name)
+    if version is None:
+        return None
+    mv = client.get_model_version(settings.model_name, version)
     return Production(mv.version, mv.run_id, json.loads(mv.tags.get("batch_ids", "[]")), dict(mv.tags))
 
 

@@ -60,6 +60,9 @@ class Settings:
     mlflow_artifacts: str = ""  # empty: <state>/mlflow-artifacts; or s3://bucket[/prefix]
     mlflow_s3_endpoint_url: str = ""  # an S3-compatible endpoint (MinIO); credentials: AWS_* variables
     mlflow_experiment: str = "tasador"
+    # this process's MLflow identity: a file `username:password` (empty: <state>/secrets/mlflow-writer;
+    # the stack gives serving and the Dash app the reader's file); tasador/mlflow_auth.py
+    mlflow_credentials_file: str = ""
     model_name: str = "tasador-price"
     # training and promotion
     test_share: float = 0.2  # held-out share, split by property
@@ -120,6 +123,15 @@ class Settings:
     def serve_admin_token_path(self) -> Path:
         return Path(self.serve_admin_token_file) if self.serve_admin_token_file else (
             self.state_path / "secrets" / "serve-admin-token")
+
+    @property
+    def mlflow_credentials_path(self) -> Path:
+        return Path(self.mlflow_credentials_file) if self.mlflow_credentials_file else (
+            self.mlflow_identity_path("writer"))
+
+    def mlflow_identity_path(self, identity: str) -> Path:
+        """The file of the MLflow user tasador-<identity> (admin, writer, reader) of the local stack."""
+        return self.state_path / "secrets" / f"mlflow-{identity}"
 
     @property
     def pg_passfile_path(self) -> Path:
@@ -190,6 +202,7 @@ class Settings:
         """Every setting as ``TASADOR_*`` variables (state_dir made absolute), for runtime_env."""
         env = {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
         env[PREFIX + "STATE_DIR"] = str(self.state_path)
+        env[PREFIX + "MLFLOW_CREDENTIALS_FILE"] = str(self.mlflow_credentials_path.resolve())
         return env
 
 

@@ -130,3 +130,38 @@ def test_nothing_the_stack_started_listens_off_loopback_but_the_allow_list(setti
             with pytest.raises(grpc.RpcError) as refused:
                 call(b"", timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (sock, refused.value)
+
+
+def test_only_the_writer_may_move_the_alias_or_register_a_version(settings):
+    """MLflow's basic-auth app: anonymous clients get nothing, the reader (serving's identity) reads
+    but cannot move the alias or register a version, the writer (training, promotion) can."""
+    from requests.auth import HTTPBasicAuth
+
+    from tasador import mlflow_auth, registry
+
+    name = "tasador-security-test"
+    client = registry.mlflow_client(settings)  # this process: the writer
+    experiment = client.get_experiment_by_name(name) or client.get_experiment(client.create_experiment(name))
+    run = client.create_run(experiment.experiment_id)
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    api = f"{settings.mlflow_uri}/api/2.0/mlflow"
+    move = {"name": name, "alias": "production", "version": version.version}
+    register = {"name": name, "source": f"runs:/{run.info.run_id}/model", "run_id": run.info.run_id}
+    reader = HTTPBasicAuth(*mlflow_auth.read(settings.mlflow_identity_path("reader")))
+    writer = HTTPBasicAuth(*mlflow_auth.read(settings.mlflow_identity_path("writer")))
+
+    def status(method: str, path: str, auth, **kwargs) -> int:
+        return requests.request(method, f"{api}/{path}", auth=auth, timeout=30, **kwargs).status_code
+
+    assert status("GET", "registered-models/get", None, params={"name": name}) == 401
+    assert status("POST", "registered-models/alias", None, json=move) == 401
+    assert status("POST", "model-versions/create", None, json=register) == 401
+    assert status("GET", "registered-models/get", reader, params={"name": name}) == 200
+    assert status("POST", "registered-models/alias", reader, json=move) == 403
+    assert status("POST", "model-versions/create", reader, json=register) == 403
+    assert status("POST", "registered-models/alias", HTTPBasicAuth("tasador-writer", "guessed"), json=move) == 401
+    assert client.get_registered_model(name).aliases == {}  # none of it moved the alias
+    assert status("POST", "registered-models/alias", writer, json=move) == 200
+    assert client.get_registered_model(name).aliases == {"production": version.version}

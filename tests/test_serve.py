@@ -98,7 +98,7 @@ def test_model_health_and_docs(serving):
     assert model["version"] == serving["v1"] and model["family"] == "ridge"
     assert model["metrics"]["rmse"] > 0 and model["batch_ids"] == serving["ds"].batch_ids
     health = requests.get(f"{s.serve}/health", timeout=10)
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json()["status"] == "ok", health.json()["problems"]
     assert requests.get(f"{s.serve}/docs", timeout=10).status_code == 200
     assert "/predict" in requests.get(f"{s.serve}/openapi.json", timeout=10).json()["paths"]
 
@@ -251,7 +251,8 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
 def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(serving, tmp_path):
     """A replica that replaces a killed one skips the download: while the registry's artifacts are
     hidden, a loader with the node's copy loads the version, one without it cannot."""
-    s = serving["s"].replace(state_dir=str(tmp_path / "node"))
+    s = serving["s"].replace(state_dir=str(tmp_path / "node"),  # another node's disk, the same identity
+                             mlflow_credentials_file=str(serving["s"].mlflow_credentials_path))
     first = RegistryLoader(s).load(serving["v1"])
     copies = list((tmp_path / "node" / "model-cache").iterdir())
     assert len(copies) == 1 and (copies[0] / "MLmodel").is_file(), copies
@@ -262,6 +263,7 @@ def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(s
         second = RegistryLoader(s).load(serving["v1"])
         with pytest.raises(Exception):  # noqa: B017 - whichever error MLflow raises for a missing artifact
             RegistryLoader(s.replace(state_dir=str(tmp_path / "other-node"))).load(serving["v1"])
+            # (its identity's file is the same: s names it explicitly)
     finally:
         hidden.rename(artifacts)
     frame = serving["ds"].frame[list(FEATURES)].head(50)
@@ -326,17 +328,27 @@ def test_the_prediction_log_keeps_rows_while_the_database_is_down_and_counts_wha
 
 def test_a_chunk_sent_again_is_written_once_and_close_writes_the_backlog(settings):
     """The acknowledgement of a COPY lost after its commit: the chunk is sent again (the same prediction
-    ids) and skipped. A graceful close writes what is buffered without waiting for the next flush."""
-    log = PredictionLog(settings.replace(prediction_log_flush_s=3600))
+    ids) and skipped. A graceful close writes what is buffered without waiting for the next flush.
+    The counters are as strict as Ray's (a count must be positive): a chunk of duplicates writes 0
+    new rows, which once made the log re-queue it for ever."""
+    counted = []
+
+    def ray_like_counter(n):
+        if n <= 0:
+            raise ValueError(f"value must be >0, got {n}")
+        counted.append(n)
+
+    log = PredictionLog(settings.replace(prediction_log_flush_s=3600), on_logged=ray_like_counter)
     columns = {f: [None] * 3 for f in FEATURES} | {"state": ["Vermont"] * 3, "status": ["sold"] * 3,
                                                    "brokered_by": [777002.0] * 3}
     ids = prediction_ids(3, "sent-again")
     log.add(ids, columns, "m", "1", [1.0, 2.0, 3.0])
     assert log.flush() == 3
     log.add(ids, columns, "m", "1", [1.0, 2.0, 3.0])  # the same chunk again
-    assert log.flush() == 0 and log.duplicates == 3 and log.pending == 0
+    assert log.flush() == 0 and log.duplicates == 3 and log.pending == 0 and not log.chunks
+    assert log.status()["database"] == "ok" and log.last_error is None
     log.add(prediction_ids(3, None), columns, "m", "1", [4.0, 5.0, 6.0])
-    assert log.close() == 0 and log.logged == 6
+    assert log.close() == 0 and log.logged == 6 and counted == [3, 3]
     assert _count(settings, 777002.0) == 6
 
 

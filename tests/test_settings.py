@@ -31,8 +31,9 @@ def test_bad_value_names_the_variable():
 
 def test_env_round_trip():
     s = Settings(pg_port=6543, data_api_scale=0.5, pg_local=False)
-    assert Settings.load(env=s.as_env(), dotenv="/none").replace(state_dir=s.state_dir) == s.replace(
-        state_dir=s.state_dir)
+    back = Settings.load(env=s.as_env(), dotenv="/none")
+    assert back.replace(state_dir=s.state_dir, mlflow_credentials_file="") == s  # both made absolute
+    assert back.state_path == s.state_path and back.mlflow_credentials_path == s.mlflow_credentials_path
 
 
 def test_env_example_lists_every_setting():

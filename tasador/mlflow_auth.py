@@ -1,0 +1,48 @@
+"""MLflow credentials by reference: MLflow's own request-auth plugin API (``MLFLOW_TRACKING_AUTH``).
+
+The MLflow server runs its basic-auth app (cluster/mlflow_server.py) with three identities, each in
+a 0600 file ``username:password`` under ``<state>/secrets``: ``tasador-admin`` (creates the users),
+``tasador-writer`` (training and promotion: it owns the experiments and the registered model) and
+``tasador-reader`` (serving and the Dash app: it reads, and cannot move the alias or register a
+version). A process names its file in ``TASADOR_MLFLOW_CREDENTIALS_FILE`` (the setting
+``mlflow_credentials_file``, a path) and sets ``MLFLOW_TRACKING_AUTH=tasador-file``; MLflow then asks
+``FileCredentials`` for every request's auth, which reads the file. No password is in a runtime
+environment, a Serve config or a command line. Without the file (a KubeRay pod), MLflow's own
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (from a Kubernetes Secret) apply.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
+from requests.auth import HTTPBasicAuth
+
+from tasador.registry import MLFLOW_AUTH_ENV
+
+PROVIDER = MLFLOW_AUTH_ENV["MLFLOW_TRACKING_AUTH"]  # registered under this name in pyproject.toml
+FILE_ENV = "TASADOR_MLFLOW_CREDENTIALS_FILE"
+IDENTITIES = ("admin", "writer", "reader")  # user names tasador-<identity>; files: Settings.mlflow_identity_path
+
+
+def read(path: Path) -> tuple[str, str]:
+    """(username, password) from a ``username:password`` file."""
+    username, sep, password = path.read_text().strip().partition(":")
+    if not sep or not username or not password:
+        raise ValueError(f"{path}: expected one line 'username:password'")
+    return username, password
+
+
+class FileCredentials(RequestAuthProvider):
+    """Basic auth read from the file ``TASADOR_MLFLOW_CREDENTIALS_FILE`` names, at each request (a
+    replaced file takes effect at once); None when there is no such file."""
+
+    def get_name(self) -> str:
+        return PROVIDER
+
+    def get_auth(self):
+        path = os.environ.get(FILE_ENV)
+        if not path or not Path(path).is_file():
+            return None
+        return HTTPBasicAuth(*read(Path(path)))
