@@ -43,12 +43,17 @@ def by_kind(kind: str) -> list[dict]:
 
 
 def containers(doc: dict) -> list[dict]:
+    return collect(doc, "containers")
+
+
+def collect(doc: dict, key: str) -> list[dict]:
+    """Every item of every list named ``key`` anywhere in ``doc`` (containers, volumes)."""
     found = []
 
     def walk(node):
         if isinstance(node, dict):
-            if "containers" in node and isinstance(node["containers"], list):
-                found.extend(node["containers"])
+            if isinstance(node.get(key), list):
+                found.extend(node[key])
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
@@ -147,7 +152,7 @@ def test_postgres_creates_the_three_databases_and_minio_the_bucket():
         assert f"CREATE DATABASE {database}" in sql
     (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
     bucket = config["data"]["TASADOR_MLFLOW_ARTIFACTS"].removeprefix("s3://").split("/")[0]
-    (job,) = by_kind("Job")
+    (job,) = [j for j in by_kind("Job") if j["metadata"]["name"] == "minio-create-bucket"]
     script = " ".join(containers(job)[0]["args"])
     assert f"mc mb --ignore-existing tasador/{bucket}" in script
 
@@ -187,7 +192,7 @@ def test_every_credential_comes_from_a_secret_never_a_literal():
     manifest, the settings ConfigMap or the Airflow values."""
     docs = [*manifests(), yaml.safe_load((KUBERAY / "airflow" / "values.yaml").read_text())]
     literal = [(c.get("name"), e["name"]) for d in docs for c in containers(d) for e in c.get("env", [])
-               if SECRET_NAME.search(e["name"]) and "value" in e]
+               if SECRET_NAME.search(e["name"]) and not e["name"].endswith("_FILE") and "value" in e]
     assert literal == []
     (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
     assert [k for k in config["data"] if SECRET_NAME.search(k) and not k.endswith("_FILE")] == []
@@ -220,7 +225,7 @@ def _allowed_sources(policy: dict, port: int) -> list[dict]:
 @pytest.mark.parametrize("target, port, allowed", [
     ({"app": "postgres"}, 5432, [{"ray.io/is-ray-node": "yes"}, {"app": "mlflow"}, {"tier": "airflow"},
                                  {"app": "grafana"}]),
-    ({"app": "mlflow"}, 5000, [{"ray.io/is-ray-node": "yes"}]),
+    ({"app": "mlflow"}, 5000, [{"ray.io/is-ray-node": "yes"}, {"batch.kubernetes.io/job-name": "mlflow-users"}]),
     ({"app": "minio"}, 9000, [{"app": "mlflow"}, {"batch.kubernetes.io/job-name": "minio-create-bucket"}]),
     ({"ray.io/node-type": "head"}, 6379, [{"ray.io/is-ray-node": "yes"}]),
     ({"ray.io/node-type": "head"}, 8265, [{"ray.io/is-ray-node": "yes"}, {"tier": "airflow"}]),
@@ -242,3 +247,27 @@ def test_the_prediction_api_stays_public_on_the_serve_head():
     (policy,) = [p for p in by_kind("NetworkPolicy") if p["metadata"]["name"] == "ray-head-ingress"]
     assert {"anyone": True} in _allowed_sources(policy, 8000)
     assert {"anyone": True} not in _allowed_sources(policy, 8265)
+
+
+def test_mlflow_runs_its_auth_app_and_each_cluster_has_its_identity_by_file():
+    (server,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "mlflow"]
+    (command,) = containers(server)[0]["args"]
+    assert "--app-name basic-auth" in command and "MLFLOW_AUTH_ADMIN_PASSWORD" in command
+    (auth,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "mlflow-auth"]
+    ini = auth["data"]["basic_auth.ini"]
+    assert "default_permission = NO_PERMISSIONS" in ini and "password" not in ini.replace("admin_username", "")
+    (users,) = [j for j in by_kind("Job") if j["metadata"]["name"] == "mlflow-users"]
+    assert "ensure_users" in " ".join(containers(users)[0]["command"])
+    assert {i["key"] for v in users["spec"]["template"]["spec"]["volumes"] for i in v["secret"]["items"]} == {
+        "mlflow-admin", "mlflow-writer", "mlflow-reader"}
+    (jobs,) = by_kind("RayCluster")
+    (service,) = by_kind("RayService")
+    for cluster, identity in ((jobs, "mlflow-writer"), (service, "mlflow-reader")):
+        for container in containers(cluster):
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["MLFLOW_TRACKING_AUTH"] == "tasador-file"
+            assert env["TASADOR_MLFLOW_CREDENTIALS_FILE"] == f"/etc/tasador/mlflow/{identity}"
+            assert "MLFLOW_TRACKING_PASSWORD" not in env
+        items = [i for v in collect(cluster, "volumes") if v["name"] == "mlflow-identity" for i in v["secret"]["items"]]
+        assert items and {i["key"] for i in items} == {identity}  # each cluster sees its own identity only
+
