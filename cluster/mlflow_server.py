@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cluster import processes
 from tasador import db, secret_files
-from tasador.registry import client_env
+from tasador.registry import use_identity
 from tasador.settings import Settings
 
 # who may do what, granted on every experiment and registered model ("*"); anyone else: nothing
@@ -103,8 +103,8 @@ def ensure_users(settings: Settings) -> None:
     from mlflow.exceptions import RestException
     from mlflow.server.auth.client import AuthServiceClient
 
-    saved = {k: os.environ.get(k) for k in client_env(settings, "admin")}
-    os.environ.update(client_env(settings, "admin"))
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_AUTH", "TASADOR_MLFLOW_AUTH_FILE")}
+    use_identity(settings.mlflow_identity_path("admin"))
     try:
         auth = AuthServiceClient(settings.mlflow_uri)
         for name, permission in GRANTS.items():

@@ -4,9 +4,9 @@ The MLflow server runs its basic-auth app (cluster/mlflow_server.py) with three 
 a 0600 file ``username:password`` under ``<state>/secrets``: ``tasador-admin`` (creates the users),
 ``tasador-writer`` (training and promotion: it owns the experiments and the registered model) and
 ``tasador-reader`` (serving and the Dash app: it reads, and cannot move the alias or register a
-version). A process names its file in ``TASADOR_MLFLOW_CREDENTIALS_FILE`` (the setting
-``mlflow_credentials_file``, a path) and sets ``MLFLOW_TRACKING_AUTH=tasador-file``; MLflow then asks
-``FileCredentials`` for every request's auth, which reads the file. No password is in a runtime
+version). A process's identity is the setting ``mlflow_credentials_file`` (a path; empty: the
+writer's); with ``MLFLOW_TRACKING_AUTH=tasador-file`` MLflow asks ``FileCredentials`` for every
+request's auth, which reads that file. No password is in a runtime
 environment, a Serve config or a command line. Without the file (a KubeRay pod), MLflow's own
 ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (from a Kubernetes Secret) apply.
 """
@@ -22,7 +22,9 @@ from requests.auth import HTTPBasicAuth
 from tasador.registry import MLFLOW_AUTH_ENV
 
 PROVIDER = MLFLOW_AUTH_ENV["MLFLOW_TRACKING_AUTH"]  # registered under this name in pyproject.toml
-FILE_ENV = "TASADOR_MLFLOW_CREDENTIALS_FILE"
+# this process's identity file, set by registry.mlflow_client (deliberately not a setting's name: a
+# value set here must never become the settings of another stack this process starts)
+FILE_ENV = "TASADOR_MLFLOW_AUTH_FILE"
 IDENTITIES = ("admin", "writer", "reader")  # user names tasador-<identity>; files: Settings.mlflow_identity_path
 
 
@@ -35,14 +37,15 @@ def read(path: Path) -> tuple[str, str]:
 
 
 class FileCredentials(RequestAuthProvider):
-    """Basic auth read from the file ``TASADOR_MLFLOW_CREDENTIALS_FILE`` names, at each request (a
-    replaced file takes effect at once); None when there is no such file."""
+    """Basic auth read at each request (a replaced file takes effect at once) from the file
+    ``TASADOR_MLFLOW_AUTH_FILE`` names, else from the settings' ``mlflow_credentials_path`` (a Tune
+    trial's worker, which never called ``registry.mlflow_client``); None when there is no such file."""
 
     def get_name(self) -> str:
         return PROVIDER
 
     def get_auth(self):
-        path = os.environ.get(FILE_ENV)
-        if not path or not Path(path).is_file():
-            return None
-        return HTTPBasicAuth(*read(Path(path)))
+        from tasador.settings import Settings
+
+        path = Path(os.environ.get(FILE_ENV) or Settings.load().mlflow_credentials_path)
+        return HTTPBasicAuth(*read(path)) if path.is_file() else None

@@ -15,10 +15,15 @@ PRODUCTION = "production"
 MLFLOW_AUTH_ENV = {"MLFLOW_TRACKING_AUTH": "tasador-file"}
 
 
-def client_env(settings: Settings, identity: str | None = None) -> dict[str, str]:
-    """The environment of an MLflow client of the stack as ``identity`` (default: the settings')."""
-    path = settings.mlflow_identity_path(identity) if identity else settings.mlflow_credentials_path
-    return {**MLFLOW_AUTH_ENV, "TASADOR_MLFLOW_CREDENTIALS_FILE": str(path.resolve())}
+def client_env(settings: Settings, identity: str) -> dict[str, str]:
+    """The environment (settings) of a process of the stack that talks to MLflow as ``identity``."""
+    return {**MLFLOW_AUTH_ENV,
+            "TASADOR_MLFLOW_CREDENTIALS_FILE": str(settings.mlflow_identity_path(identity).resolve())}
+
+
+def use_identity(path) -> None:
+    """This process's MLflow calls authenticate with the file ``path`` (tasador/mlflow_auth.py)."""
+    os.environ.update({**MLFLOW_AUTH_ENV, "TASADOR_MLFLOW_AUTH_FILE": str(path)})
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ def mlflow_client(settings: Settings):
     import mlflow
     from mlflow import MlflowClient
 
-    os.environ.update(client_env(settings))
+    use_identity(settings.mlflow_credentials_path.resolve())
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(settings.mlflow_uri, settings.mlflow_uri)

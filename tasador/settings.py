@@ -202,7 +202,6 @@ class Settings:
         """Every setting as ``TASADOR_*`` variables (state_dir made absolute), for runtime_env."""
         env = {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
         env[PREFIX + "STATE_DIR"] = str(self.state_path)
-        env[PREFIX + "MLFLOW_CREDENTIALS_FILE"] = str(self.mlflow_credentials_path.resolve())
         return env
 
 

@@ -41,3 +41,17 @@ def test_env_example_lists_every_setting():
               if "TASADOR_" in line and "=" in line}
     expected = {"TASADOR_" + f.name.upper() for f in fields(Settings)}
     assert expected <= listed, f"missing from .env.example: {sorted(expected - listed)}"
+
+
+def test_this_process_mlflow_identity_never_becomes_the_settings_of_another_stack(monkeypatch, tmp_path):
+    """registry.mlflow_client points this process at one stack's identity file; a stack started
+    afterwards (tests and benchmarks run several) reads its settings from the environment, and must
+    still derive its own identity from its own state dir."""
+    from tasador import registry
+
+    for key in ("MLFLOW_TRACKING_AUTH", "TASADOR_MLFLOW_AUTH_FILE"):  # put back after use_identity's change
+        monkeypatch.setenv(key, "")
+    monkeypatch.delenv("TASADOR_MLFLOW_CREDENTIALS_FILE", raising=False)
+    registry.use_identity(tmp_path / "one" / "secrets" / "mlflow-writer")
+    other = Settings.load(dotenv="/none").replace(state_dir=str(tmp_path / "two"))
+    assert other.mlflow_credentials_path == tmp_path / "two" / "secrets" / "mlflow-writer"

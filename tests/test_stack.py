@@ -20,7 +20,7 @@ def test_status_reports_every_component_running(settings):
 @pytest.mark.stack
 def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
     s = fresh_settings(tmp_path)
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)"])  # killed below
     try:
         stack.up(s)
         pids = registry_pids(s)
