@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cluster import processes
 from tasador import db, secret_files
-from tasador.registry import use_identity
+from tasador.registry import IDENTITY_FILE_ENV, MLFLOW_AUTH_ENV, use_identity
 from tasador.settings import Settings
 
 # who may do what, granted on every experiment and registered model ("*"); anyone else: nothing
@@ -103,7 +103,7 @@ def ensure_users(settings: Settings) -> None:
     from mlflow.exceptions import RestException
     from mlflow.server.auth.client import AuthServiceClient
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_AUTH", "TASADOR_MLFLOW_AUTH_FILE")}
+    saved = {k: os.environ.get(k) for k in (*MLFLOW_AUTH_ENV, IDENTITY_FILE_ENV)}
     use_identity(settings.mlflow_identity_path("admin"))
     try:
         auth = AuthServiceClient(settings.mlflow_uri)

@@ -19,13 +19,9 @@ from pathlib import Path
 from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
 from requests.auth import HTTPBasicAuth
 
-from tasador.registry import MLFLOW_AUTH_ENV
+from tasador.registry import IDENTITY_FILE_ENV, MLFLOW_AUTH_ENV
 
 PROVIDER = MLFLOW_AUTH_ENV["MLFLOW_TRACKING_AUTH"]  # registered under this name in pyproject.toml
-# this process's identity file, set by registry.mlflow_client (deliberately not a setting's name: a
-# value set here must never become the settings of another stack this process starts)
-FILE_ENV = "TASADOR_MLFLOW_AUTH_FILE"
-IDENTITIES = ("admin", "writer", "reader")  # user names tasador-<identity>; files: Settings.mlflow_identity_path
 
 
 def read(path: Path) -> tuple[str, str]:
@@ -47,5 +43,5 @@ class FileCredentials(RequestAuthProvider):
     def get_auth(self):
         from tasador.settings import Settings
 
-        path = Path(os.environ.get(FILE_ENV) or Settings.load().mlflow_credentials_path)
+        path = Path(os.environ.get(IDENTITY_FILE_ENV) or Settings.load().mlflow_credentials_path)
         return HTTPBasicAuth(*read(path)) if path.is_file() else None

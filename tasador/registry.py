@@ -11,8 +11,11 @@ from tasador.settings import Settings
 
 PRODUCTION = "production"
 # how every process of the stack authenticates to MLflow: the request-auth plugin of tasador/mlflow_auth.py
-# (a name, not a secret: the plugin reads the file TASADOR_MLFLOW_CREDENTIALS_FILE names)
+# (a name, not a secret: the plugin reads the identity file, see use_identity)
 MLFLOW_AUTH_ENV = {"MLFLOW_TRACKING_AUTH": "tasador-file"}
+# this process's identity file, set by use_identity (deliberately not a setting's name: a value set
+# here must never become the settings of another stack this process starts)
+IDENTITY_FILE_ENV = "TASADOR_MLFLOW_AUTH_FILE"
 
 
 def client_env(settings: Settings, identity: str) -> dict[str, str]:
@@ -23,7 +26,7 @@ def client_env(settings: Settings, identity: str) -> dict[str, str]:
 
 def use_identity(path) -> None:
     """This process's MLflow calls authenticate with the file ``path`` (tasador/mlflow_auth.py)."""
-    os.environ.update({**MLFLOW_AUTH_ENV, "TASADOR_MLFLOW_AUTH_FILE": str(path)})
+    os.environ.update({**MLFLOW_AUTH_ENV, IDENTITY_FILE_ENV: str(path)})
 
 
 @dataclass(frozen=True)
