@@ -117,10 +117,25 @@ def ensure_users(settings: Settings) -> None:
                     raise
                 auth.create_user(username, password)
             for resource_type in ("experiment", "registered_model"):
-                auth.grant_user_permission(username, resource_type, "*", permission)
+                grant(auth, username, resource_type, permission)
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def grant(auth, username: str, resource_type: str, permission: str) -> None:
+    """``permission`` on every resource of the type, whether granted before (a restart) or not; a
+    different earlier grant is replaced."""
+    from mlflow.exceptions import RestException
+
+    try:
+        auth.grant_user_permission(username, resource_type, "*", permission)
+    except RestException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        if auth.get_user_permission(username, resource_type, "*").permission != permission:
+            auth.revoke_user_permission(username, resource_type, "*")
+            auth.grant_user_permission(username, resource_type, "*", permission)

@@ -165,3 +165,30 @@ def test_only_the_writer_may_move_the_alias_or_register_a_version(settings):
     assert client.get_registered_model(name).aliases == {}  # none of it moved the alias
     assert status("POST", "registered-models/alias", writer, json=move) == 200
     assert client.get_registered_model(name).aliases == {"production": version.version}
+
+
+def test_a_restarted_mlflow_keeps_its_users_and_grants(settings):
+    """What every MLflow start does (a restart, `tasador up` after `down`): users and grants made
+    again over the ones that exist; a different grant is replaced, not duplicated."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from cluster import mlflow_server
+    from tasador import registry
+
+    mlflow_server.ensure_users(settings)
+    admin = settings.mlflow_identity_path("admin")
+    registry.use_identity(admin)
+    try:
+        auth = AuthServiceClient(settings.mlflow_uri)
+        mlflow_server.grant(auth, "tasador-reader", "experiment", "EDIT")
+        assert auth.get_user_permission("tasador-reader", "experiment", "*").permission == "EDIT"
+    finally:
+        registry.use_identity(settings.mlflow_credentials_path)
+    mlflow_server.ensure_users(settings)
+    registry.use_identity(admin)
+    try:
+        for resource_type in ("experiment", "registered_model"):
+            assert auth.get_user_permission("tasador-reader", resource_type, "*").permission == "READ"
+            assert auth.get_user_permission("tasador-writer", resource_type, "*").permission == "MANAGE"
+    finally:
+        registry.use_identity(settings.mlflow_credentials_path)
