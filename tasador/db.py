@@ -21,12 +21,16 @@ from tasador.schema import COLUMNS, FEATURES
 
 log = logging.getLogger(__name__)
 
-_raw_columns = ",\n    ".join(f"{c} TEXT" for c in COLUMNS)
-_feature_columns = ",\n    ".join(f"{c} TEXT" for c in FEATURES)
+
+def _text_columns(names) -> sql.Composed:
+    """``name TEXT, ...``: the data contract's columns, kept as text in the raw database."""
+    return sql.SQL(",\n    ").join(sql.SQL("{} TEXT").format(sql.Identifier(name)) for name in names)
+
+
 PREDICTION_COLUMNS: tuple[str, ...] = ("prediction_id", "requested_at", "model_name", "model_version",
                                        "predicted_price", *FEATURES)
 
-RAW_DDL = f"""
+RAW_DDL = sql.SQL("""
 CREATE TABLE IF NOT EXISTS batches (
     batch_id BIGSERIAL PRIMARY KEY,
     group_number INT NOT NULL,
@@ -42,7 +46,7 @@ CREATE TABLE IF NOT EXISTS listings (
     raw_id BIGSERIAL PRIMARY KEY,
     batch_id BIGINT NOT NULL,  -- batches.batch_id, committed in the same transaction (a per-row FK
     row_number INT NOT NULL,    -- check cost about 1 s per 230k rows at commit and added no atomicity)
-    {_raw_columns},
+    {raw_columns},
     UNIQUE (batch_id, row_number)
 );
 -- every GET /data, written before the request: an attempt still open (outcome NULL) or failed when the
@@ -77,9 +81,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     model_name TEXT NOT NULL,
     model_version TEXT NOT NULL,
     predicted_price DOUBLE PRECISION NOT NULL,
-    {_feature_columns}
+    {feature_columns}
 );
-"""
+""").format(raw_columns=_text_columns(COLUMNS), feature_columns=_text_columns(FEATURES))
 
 CLEAN_DDL = """
 CREATE TABLE IF NOT EXISTS processed_batches (
