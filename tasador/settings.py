@@ -100,6 +100,12 @@ class Settings:
     prediction_log_flush_s: float = 0.5  # a replica killed with SIGKILL loses at most this long of predictions
     prediction_log_close_s: float = 20.0  # a replica's graceful stop retries writing its backlog this long
     serve_max_body_bytes: int = 8_000_000  # a request body past this gets 413
+    # overload, refused by Serve's HAProxy (cluster/haproxy-rewrite-config) with 503 and Retry-After:
+    # requests a replica gets at once; past that they queue, a request finding serve_queue_max waiting is
+    # refused at once, and none waits past serve_queue_timeout_ms (0: no such limit, Ray's defaults)
+    serve_replica_maxconn: int = 16
+    serve_queue_max: int = 48
+    serve_queue_timeout_ms: int = 200
     # Prometheus (started by the stack when its binary is present) and the Dash app
     prometheus_port: int = 9090
     prometheus_url: str = ""  # empty: the local server

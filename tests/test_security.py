@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from cluster import postgres, prometheus, serve, stack
-from tasador import ray_jobs
+from tasador import mlflow_auth, ray_jobs
 from tests.conftest import REPO
 
 
@@ -95,7 +95,9 @@ def test_no_secret_value_is_readable_through_rays_job_and_serve_apis(settings):
     secrets = {"serve admin token": serve.admin_token(settings),
                "database password": postgres.app_password_path(settings).read_text().strip(),
                "superuser password": postgres.superuser_password_path(settings).read_text().strip(),
-               "Ray token": ray_jobs.token(settings)}
+               "Ray token": ray_jobs.token(settings),
+               **{f"MLflow {who} password": mlflow_auth.read(settings.mlflow_identity_path(who))[1]
+                  for who in ("admin", "writer", "reader")}}
     assert all(len(v) >= 16 for v in secrets.values())
     assert [name for name, value in secrets.items() if value in text] == []
 
@@ -137,7 +139,7 @@ def test_only_the_writer_may_move_the_alias_or_register_a_version(settings):
     but cannot move the alias or register a version, the writer (training, promotion) can."""
     from requests.auth import HTTPBasicAuth
 
-    from tasador import mlflow_auth, registry
+    from tasador import registry
 
     name = "tasador-security-test"
     client = registry.mlflow_client(settings)  # this process: the writer

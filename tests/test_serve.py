@@ -115,6 +115,37 @@ def test_explain_gives_each_feature_a_contribution_that_adds_up(serving):
     assert explanation["price"] == pytest.approx(price, rel=1e-4)
 
 
+def test_past_every_replicas_slots_and_the_queue_a_request_is_refused_at_once_with_retry_after(serving):
+    """HAProxy's admission (cluster/haproxy-rewrite-config): requests whose bodies never come hold every
+    replica's slots and then the queue; the next request is refused by HAProxy, before Python, with
+    503, Retry-After and a JSON detail; once they go, requests are priced again."""
+    import socket
+
+    s, ds = serving["s"], serving["ds"]
+    listing = listings(ds.frame[ds.test].head(1))[0]
+    host, port = s.serve.rsplit("//", 1)[1].rsplit(":", 1)
+    stalled = []
+    try:
+        for _ in range(3 * s.serve_replica_maxconn + s.serve_queue_max):  # up to 3 replicas' slots, then queued
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{")  # the rest of the body never comes
+            stalled.append(sock)
+        started = time.monotonic()
+        refused = requests.post(f"{s.serve}/predict", json=listing, timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert refused.status_code == 503 and refused.headers.get("Retry-After") == "1", refused.text
+    assert "overloaded" in refused.json()["detail"]
+    assert waited < 1 + s.serve_queue_timeout_ms / 1000, waited  # refused, not left waiting for a slot
+    deadline = time.monotonic() + 10  # HAProxy frees the slots as it sees the clients gone
+    while (status := requests.post(f"{s.serve}/predict", json=listing, timeout=30).status_code) != 200:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+
+
 BAD = [
     ("missing status", lambda ok: {k: v for k, v in ok.items() if k != "status"}, "status"),
     ("text in a number", lambda ok: {**ok, "bed": "three"}, "bed"),
