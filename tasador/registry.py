@@ -7,15 +7,15 @@ import json
 import os
 from dataclasses import dataclass
 
-from tasador.settings import Settings
+from tasador.settings import MLFLOW_IDENTITY_FILE_ENV, Settings
 
 PRODUCTION = "production"
 # how every process of the stack authenticates to MLflow: the request-auth plugin of tasador/mlflow_auth.py
 # (a name, not a secret: the plugin reads the identity file, see use_identity)
 MLFLOW_AUTH_ENV = {"MLFLOW_TRACKING_AUTH": "tasador-file"}
-# this process's identity file, set by use_identity (deliberately not a setting's name: a value set
-# here must never become the settings of another stack this process starts)
-IDENTITY_FILE_ENV = "TASADOR_MLFLOW_AUTH_FILE"
+# this process's identity file, set by use_identity (deliberately not a setting: a value set here must
+# never become the settings of another stack this process starts)
+IDENTITY_FILE_ENV = MLFLOW_IDENTITY_FILE_ENV
 
 
 def client_env(settings: Settings, identity: str) -> dict[str, str]:

@@ -1,6 +1,11 @@
 """The one settings object. Every value comes from a ``TASADOR_*`` environment variable, a ``.env`` file
 in the working directory, or the embedded default below (which runs the local stack on loopback).
 
+Parsed by pydantic-settings: a value that is not of its setting's type (``TASADOR_PG_LOCAL=ture``,
+``TASADOR_PG_PORT=five``) is an error naming the variable; ``.env`` is read by python-dotenv (quotes,
+``export``, inline ``# comments``); a ``TASADOR_*`` variable that is no setting (a typo, a renamed
+setting) is an error naming it and the setting it most resembles, unless ``NOT_SETTINGS`` lists it.
+
 Ray workers and job drivers do not inherit the submitting shell's environment: pass
 ``settings.as_env()`` as ``runtime_env={"env_vars": ...}`` (``tasador.ray_jobs`` does this).
 URL settings left empty are derived from the host/port settings (see the properties).
@@ -8,17 +13,38 @@ URL settings left empty are derived from the host/port settings (see the propert
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import os
 import urllib.parse
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
 PREFIX = "TASADOR_"
+# this process's MLflow identity file, set by tasador.registry.use_identity (not a setting: it differs
+# between the processes of one stack, which share their settings)
+MLFLOW_IDENTITY_FILE_ENV = "TASADOR_MLFLOW_AUTH_FILE"
+# TASADOR_* variables that are not settings, and who reads them
+NOT_SETTINGS = {
+    MLFLOW_IDENTITY_FILE_ENV: "tasador/registry.py",
+    "TASADOR_AIRFLOW": "scripts/bootstrap.sh (0: no Airflow environment)",
+    "TASADOR_BROWSER": "scripts/bootstrap.sh (1: install chromium for the browser tests)",
+    "TASADOR_EXTRAS": "scripts/bootstrap.sh (the project's pip extras)",
+    "TASADOR_SCREENSHOTS": "tests/test_dashboard.py (where to write the pages' screenshots)",
+    **{f"TASADOR_HAPROXY_{name}": "cluster/haproxy-rewrite-config (from cluster/ray_head.py)"
+       for name in ("BINARY", "REPLICA_MAXCONN", "QUEUE_MAX", "QUEUE_TIMEOUT_MS")},
+}
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    # Settings(...) holds exactly what it is given (and the defaults); Settings.load() reads the
+    # environment and .env (settings_customise_sources)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid", env_ignore_empty=True,
+                                      protected_namespaces=())
+
     # where the local stack keeps its data, logs, PIDs and secrets
     state_dir: str = "state"
     # PostgreSQL: the local server, and one URL per database (any may point at another server)
@@ -189,50 +215,50 @@ class Settings:
         return Path(self.state_dir).resolve()
 
     @classmethod
-    def load(cls, env: dict[str, str] | None = None, dotenv: str | Path = ".env") -> Settings:
-        """Read ``.env`` (if present), then the environment (which wins)."""
-        values = _read_dotenv(Path(dotenv))
-        values.update(os.environ if env is None else env)
-        kwargs = {}
-        for f in fields(cls):
-            raw = values.get(PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            kwargs[f.name] = _convert(f, raw)
-        return cls(**kwargs)
+    def settings_customise_sources(cls, settings_cls, init_settings, **_other_sources):
+        return (init_settings,)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, dotenv: str | Path = ".env") -> Settings:
+        """Read ``.env`` (if present), then the environment (``env``, default ``os.environ``), which wins."""
+        variables = os.environ if env is None else env
+        from_file = DotEnvSettingsSource(cls, env_file=dotenv)
+        names = {k.upper() for k in [*variables, *from_file.env_vars] if k.upper().startswith(PREFIX)}
+        unknown = sorted(n for n in names - NOT_SETTINGS.keys() if n[len(PREFIX):].lower() not in cls.model_fields)
+        if unknown:
+            raise ValueError("; ".join(_unknown(name) for name in unknown))
+        values = {k: v for k, v in from_file().items() if k in cls.model_fields}  # other variables: not ours
+        values.update(_Variables(cls, variables)())
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                f"{PREFIX}{'.'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+                for e in exc.errors())) from None
 
     def replace(self, **changes) -> Settings:
-        return dataclasses.replace(self, **changes)
+        return type(self)(**{**self.model_dump(), **changes})
 
     def as_env(self) -> dict[str, str]:
         """Every setting as ``TASADOR_*`` variables (state_dir made absolute), for runtime_env."""
-        env = {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        env = {PREFIX + name.upper(): str(value) for name, value in self.model_dump().items()}
         env[PREFIX + "STATE_DIR"] = str(self.state_path)
         return env
 
 
-def _convert(f: dataclasses.Field, raw: str):
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-    except ValueError as exc:
-        raise ValueError(f"setting {PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from exc
-    return raw
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (``Settings.load(env=...)``)."""
+
+    def __init__(self, settings_cls, variables: Mapping[str, str]):
+        self._given = variables
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self):
+        return parse_env_vars(self._given, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def _read_dotenv(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    values = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip().strip('"').strip("'")
-    return values
+def _unknown(name: str) -> str:
+    known = [PREFIX + field.upper() for field in Settings.model_fields]
+    close = difflib.get_close_matches(name.upper(), known, n=1)
+    return f"{name} is not a setting" + (f" (did you mean {close[0]}?)" if close else "") + (
+        "; the settings are listed in .env.example")

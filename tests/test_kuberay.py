@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -126,7 +125,7 @@ def test_rayjob_entrypoints_name_job_modules_that_exist_on_the_jobs_cluster():
 
 
 def test_env_vars_are_settings_and_services_match_the_urls():
-    settings_names = {PREFIX + f.name.upper() for f in fields(Settings)}
+    settings_names = {PREFIX + name.upper() for name in Settings.model_fields}
     (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
     tasador_vars = {k for k in config["data"] if k.startswith(PREFIX)}
     assert tasador_vars <= settings_names, tasador_vars - settings_names
@@ -271,3 +270,15 @@ def test_mlflow_runs_its_auth_app_and_each_cluster_has_its_identity_by_file():
         items = [i for v in collect(cluster, "volumes") if v["name"] == "mlflow-identity" for i in v["secret"]["items"]]
         assert items and {i["key"] for i in items} == {identity}  # each cluster sees its own identity only
 
+
+
+def test_every_tasador_variable_in_the_manifests_is_a_setting():
+    """A misspelt or renamed setting in a manifest would be silently ignored by the pods it configures;
+    Settings.load refuses it, so it must not be there."""
+    from tasador.settings import NOT_SETTINGS
+
+    names = set()
+    for path in (REPO / "kuberay").rglob("*.yaml"):
+        names |= set(re.findall(r"\b(TASADOR_[A-Z0-9_]+)\b", path.read_text()))
+    known = {PREFIX + name.upper() for name in Settings.model_fields} | NOT_SETTINGS.keys()
+    assert names and names <= known, sorted(names - known)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
 
 from tasador.settings import Settings
@@ -39,7 +37,7 @@ def test_env_round_trip():
 def test_env_example_lists_every_setting():
     listed = {line.split("=", 1)[0].strip().lstrip("# ") for line in (REPO / ".env.example").read_text().splitlines()
               if "TASADOR_" in line and "=" in line}
-    expected = {"TASADOR_" + f.name.upper() for f in fields(Settings)}
+    expected = {"TASADOR_" + name.upper() for name in Settings.model_fields}
     assert expected <= listed, f"missing from .env.example: {sorted(expected - listed)}"
 
 
@@ -55,3 +53,28 @@ def test_this_process_mlflow_identity_never_becomes_the_settings_of_another_stac
     registry.use_identity(tmp_path / "one" / "secrets" / "mlflow-writer")
     other = Settings.load(dotenv="/none").replace(state_dir=str(tmp_path / "two"))
     assert other.mlflow_credentials_path == tmp_path / "two" / "secrets" / "mlflow-writer"
+
+
+@pytest.mark.parametrize("value", ["ture", "2", "yes please"])
+def test_a_boolean_that_is_no_boolean_is_an_error_naming_it(value):
+    with pytest.raises(ValueError, match=f"TASADOR_PG_LOCAL='{value}'"):
+        Settings.load(env={"TASADOR_PG_LOCAL": value}, dotenv="/none")
+    assert Settings.load(env={"TASADOR_PG_LOCAL": "false"}, dotenv="/none").pg_local is False
+
+
+def test_a_variable_that_is_no_setting_is_an_error_naming_the_setting_it_resembles(tmp_path):
+    with pytest.raises(ValueError, match=r"TASADOR_PG_PROT is not a setting \(did you mean TASADOR_PG_PORT\?\)"):
+        Settings.load(env={"TASADOR_PG_PROT": "7000"}, dotenv="/none")
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("TASADOR_GRUOP=4\n")
+    with pytest.raises(ValueError, match="TASADOR_GRUOP is not a setting"):
+        Settings.load(env={}, dotenv=dotenv)
+    assert Settings.load(env={"TASADOR_AIRFLOW": "0", "TASADOR_MLFLOW_AUTH_FILE": "/x"}, dotenv="/none").group == 9
+
+
+def test_dotenv_is_parsed_like_a_dotenv_file(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text('TASADOR_GROUP=4  # the course group\nexport TASADOR_DAY="Monday"\nAWS_REGION=eu-west-1\n'
+                      "TASADOR_DATA_API_URL='http://api.example:80'\n")
+    s = Settings.load(env={}, dotenv=dotenv)
+    assert (s.group, s.day, s.data_api) == (4, "Monday", "http://api.example:80")
