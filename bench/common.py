@@ -40,7 +40,8 @@ def timer() -> Iterator[dict]:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """The peak resident memory of a process (VmHWM), in MiB."""
+    """The peak resident memory of a process (VmHWM), in MiB: read from /proc, as psutil reports only
+    the current one."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):

@@ -21,6 +21,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 
 from bench.common import parser, peak_rss_mb, private_stack, report, timer
 from cluster import processes, ray_head, stack
@@ -43,9 +44,8 @@ class TreeMemory:
             total = 0
             for pid in [self.root, os.getpid(), *processes.descendants(self.root)]:
                 try:
-                    with open(f"/proc/{pid}/statm") as f:
-                        total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-                except OSError:
+                    total += psutil.Process(pid).memory_info().rss
+                except psutil.Error:
                     continue
             self.peak_mb = max(self.peak_mb, total / 2**20)
             time.sleep(0.5)

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 
@@ -55,19 +56,15 @@ def spawn(cmd: list[str], log_file: Path, env: dict | None = None, user: str | N
 
 
 def alive(pid: int | None) -> bool:
+    """``pid`` runs (a zombie, our own exited child not yet reaped, does not)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    try:  # a zombie (our own exited child not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> None:
@@ -108,23 +105,11 @@ def _wait_gone(pid: int, until: float) -> bool:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` in the process tree (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every process below ``pid`` in the process tree."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _signal_group(pid: int, sig: int, quiet: bool = False) -> None:
@@ -207,8 +192,6 @@ def _bindable(port: int) -> bool:
 def listening_sockets(roots: list[int]) -> list[dict]:
     """Every listening TCP socket of ``roots`` and their descendants: pid, process name, address,
     port, and whether the address is loopback."""
-    import psutil
-
     found = []
     for pid in sorted({*roots, *(d for root in roots for d in descendants(root))}):
         try:

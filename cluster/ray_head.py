@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cluster import processes
-from tasador.ray_jobs import auth_env, token_path
+from tasador.ray_jobs import auth_env, auth_headers
 from tasador.registry import MLFLOW_AUTH_ENV
 from tasador.settings import Settings
 
@@ -143,10 +143,8 @@ def start(settings: Settings, multi_node: bool = False) -> int:
     """The head (``multi_node``: in Ray's cluster mode, so that worker nodes may join; see LOOPBACK_ENV)."""
     env = node_env(settings, multi_node=multi_node)
     pid = processes.spawn(head_command(settings), settings.state_path / "logs" / "ray-head.log", env=env)
-    token = token_path(settings).read_text().strip()
     try:
-        processes.wait_http(f"{settings.ray_dashboard}/api/version", 120,
-                            headers={"Authorization": f"Bearer {token}"}, pid=pid)
+        processes.wait_http(f"{settings.ray_dashboard}/api/version", 120, headers=auth_headers(settings), pid=pid)
     except Exception:
         processes.stop_pid(pid)
         raise
@@ -174,7 +172,7 @@ def start_worker(settings: Settings, index: int, num_cpus: int, timeout_s: float
     env = node_env(settings, index, multi_node=True)
     pid = processes.spawn(worker_command(settings, index, num_cpus),
                           settings.state_path / "logs" / f"ray-worker-{index}.log", env=env)
-    headers = {"Authorization": f"Bearer {token_path(settings).read_text().strip()}"}
+    headers = auth_headers(settings)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         nodes = requests.get(f"{settings.ray_dashboard}/nodes?view=summary", headers=headers, timeout=5).json()

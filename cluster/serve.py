@@ -14,7 +14,7 @@ import requests
 import yaml
 
 from tasador import secret_files
-from tasador.ray_jobs import token_path
+from tasador.ray_jobs import auth_headers
 from tasador.registry import client_env
 from tasador.settings import Settings
 
@@ -41,17 +41,11 @@ def config(settings: Settings) -> dict:
     return cfg
 
 
-def _headers(settings: Settings) -> dict:
-    # the stack deploys to the cluster it started: that cluster's token file, whatever token this
-    # process's environment holds for another cluster (tasador.ray_jobs.token prefers the environment)
-    return {"Authorization": f"Bearer {token_path(settings).read_text().strip()}"}
-
-
 def deploy(settings: Settings, timeout_s: float = 180) -> dict:
     """PUT the config and wait until the application is RUNNING and the proxy answers /health."""
     admin_token(settings)  # the file exists before a replica looks for it
     url = f"{settings.ray_dashboard}/api/serve/applications/"
-    resp = requests.put(url, json=config(settings), headers=_headers(settings), timeout=60)
+    resp = requests.put(url, json=config(settings), headers=auth_headers(settings), timeout=60)
     if not resp.ok:
         raise RuntimeError(f"Serve deploy refused: HTTP {resp.status_code}: {resp.text[:500]}")
     deadline = time.monotonic() + timeout_s
@@ -76,7 +70,7 @@ def shutdown(settings: Settings, timeout_s: float = 90) -> None:
     ``PriceApi`` writes its prediction log's backlog before it exits. Returns once none is left.
     Through the dashboard's REST API; when the dashboard is gone, through a Ray driver (the GCS)."""
     try:
-        requests.delete(f"{settings.ray_dashboard}/api/serve/applications/", headers=_headers(settings),
+        requests.delete(f"{settings.ray_dashboard}/api/serve/applications/", headers=auth_headers(settings),
                         timeout=30).raise_for_status()
     except requests.ConnectionError:
         _shutdown_through_ray(settings, timeout_s)
@@ -103,6 +97,6 @@ def _shutdown_through_ray(settings: Settings, timeout_s: float) -> None:
 
 
 def applications(settings: Settings) -> dict:
-    resp = requests.get(f"{settings.ray_dashboard}/api/serve/applications/", headers=_headers(settings), timeout=10)
+    resp = requests.get(f"{settings.ray_dashboard}/api/serve/applications/", headers=auth_headers(settings), timeout=10)
     resp.raise_for_status()
     return resp.json().get("applications") or {}

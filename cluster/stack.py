@@ -10,7 +10,7 @@ import requests
 
 from cluster import airflow, mlflow_server, postgres, processes, prometheus, ray_head, serve
 from tasador import db
-from tasador.ray_jobs import token_path
+from tasador.ray_jobs import auth_headers
 from tasador.registry import client_env
 from tasador.settings import Settings
 
@@ -149,9 +149,7 @@ def _healthy(settings: Settings, name: str, info: dict) -> bool:
         elif name == "postgres":
             db.connect(settings.raw_db, attempts=1).close()
         elif name == "ray_head":
-            token = token_path(settings).read_text().strip()
-            requests.get(f"{info['url']}/api/version", timeout=3,
-                         headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+            requests.get(f"{info['url']}/api/version", timeout=3, headers=auth_headers(settings)).raise_for_status()
         else:
             requests.get(f"{info['url']}/health", timeout=3).raise_for_status()
     except Exception:  # any failure to answer is "down"

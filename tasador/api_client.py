@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 
 import requests
+import tenacity
+
+from tasador.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +62,32 @@ class DataApiClient:
         self._get(f"{self.base_url}/restart_data_generation", {"group_number": group, "day": day})
 
     def _get(self, url: str, params: dict) -> bytes:
-        for attempt in range(self.retries + 1):
+        def once() -> bytes:
             try:
                 resp = self.session.get(url, params=params, timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code == 200:
-                    return resp.content
-                if resp.status_code == 400 and EXHAUSTED_MARKER in resp.text:
-                    raise BatchesExhausted(_detail(resp))
-                if resp.status_code < 500:
-                    raise DataApiError(f"{url} answered {resp.status_code}: {_detail(resp)}")
-                problem = f"HTTP {resp.status_code}: {_detail(resp)}"
-            if attempt == self.retries:
-                raise DataApiError(f"{url} failed after {self.retries + 1} attempts; last: {problem}")
-            delay = self.backoff_s * 2 ** attempt
-            log.warning("data API %s (%s); retry %d/%d in %.1fs", url, problem, attempt + 1, self.retries, delay)
-            time.sleep(delay)
+                raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+            if resp.status_code == 200:
+                return resp.content
+            if resp.status_code == 400 and EXHAUSTED_MARKER in resp.text:
+                raise BatchesExhausted(_detail(resp))
+            if resp.status_code < 500:
+                raise DataApiError(f"{url} answered {resp.status_code}: {_detail(resp)}")
+            raise _Transient(f"HTTP {resp.status_code}: {_detail(resp)}")
+
+        try:
+            for attempt in retrying(f"data API {url}", self.retries + 1,
+                                    tenacity.wait_exponential(multiplier=self.backoff_s, min=0),
+                                    lambda exc: isinstance(exc, _Transient), log):
+                with attempt:
+                    return once()
+        except _Transient as exc:
+            raise DataApiError(f"{url} failed after {self.retries + 1} attempts; last: {exc}") from exc
         raise AssertionError("unreachable")
+
+
+class _Transient(Exception):
+    """A failure another attempt may not have: 5xx, timeout, connection lost."""
 
 
 def _detail(resp: requests.Response) -> str:

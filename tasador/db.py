@@ -9,14 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg2
 import psycopg2.extensions
+import tenacity
 from psycopg2 import sql
 
+from tasador.retry import retrying
 from tasador.schema import COLUMNS, FEATURES
 
 log = logging.getLogger(__name__)
@@ -179,14 +180,14 @@ LOCK_TIMEOUT_MS = 120_000  # no statement of ours waits longer for a lock (the w
 def connect(url: str, attempts: int = 30, delay_s: float = 1.0, **params) -> psycopg2.extensions.connection:
     """Connect (``params``: more libpq keywords), retrying while the server is starting or restarting
     (then raise the last error). A refused login is raised at once: retrying cannot fix it."""
-    for attempt in range(1, attempts + 1):
-        try:
+
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, psycopg2.OperationalError) and not any(words in str(exc) for words in AUTH_REFUSED)
+
+    for attempt in retrying(f"database {_safe(url)} not reachable", attempts, tenacity.wait_fixed(delay_s),
+                            transient, log):
+        with attempt:
             return psycopg2.connect(url, connect_timeout=10, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}", **params)
-        except psycopg2.OperationalError as exc:
-            if attempt == attempts or any(words in str(exc) for words in AUTH_REFUSED):
-                raise
-            log.warning("database %s not reachable (%s); retry %d/%d", _safe(url), exc, attempt, attempts)
-            time.sleep(delay_s)
     raise AssertionError("unreachable")
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import tenacity
 
 from tasador import secret_files
+from tasador.retry import retrying
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,30 +69,42 @@ def token(settings: Settings) -> str | None:
     return Path(path).read_text().strip() if path and Path(path).is_file() else None
 
 
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The cluster's token as the Authorization header of Ray's REST APIs (none without a token)."""
+    secret = token(settings)
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
+class _Unavailable(Exception):
+    """The dashboard answered 5xx (restarting): another attempt may succeed."""
+
+
 class JobsApi:
     """Ray's Jobs REST API, retried on connection errors and 5xx (a restarting dashboard)."""
 
     def __init__(self, settings: Settings, attempts: int = 5):
         self.base = f"{settings.ray_dashboard}/api/jobs/"
-        secret = token(settings)
-        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self.headers = auth_headers(settings)
         self.attempts = attempts
 
     def _call(self, method: str, path: str = "", **kwargs) -> dict:
-        for attempt in range(1, self.attempts + 1):
-            try:
-                resp = requests.request(method, self.base + path, headers=self.headers, timeout=60, **kwargs)
-                if resp.status_code < 500:
-                    if not resp.ok:
-                        raise RuntimeError(f"Ray Jobs API {method} {path or '/'}: HTTP {resp.status_code}: "
-                                           f"{resp.text[:500]}")
-                    return resp.json()
-                problem = f"HTTP {resp.status_code}"
-            except requests.RequestException as exc:
-                problem = type(exc).__name__
-            if attempt == self.attempts:
-                raise RuntimeError(f"Ray Jobs API {method} {path or '/'} failed {attempt} times: {problem}")
-            time.sleep(attempt)
+        def once() -> dict:
+            resp = requests.request(method, self.base + path, headers=self.headers, timeout=60, **kwargs)
+            if resp.status_code >= 500:
+                raise _Unavailable(f"HTTP {resp.status_code}")
+            if not resp.ok:
+                raise RuntimeError(f"Ray Jobs API {method} {path or '/'}: HTTP {resp.status_code}: {resp.text[:500]}")
+            return resp.json()
+
+        try:
+            for attempt in retrying(f"Ray Jobs API {method} {path or '/'}", self.attempts,
+                                    tenacity.wait_incrementing(start=1, increment=1),
+                                    lambda exc: isinstance(exc, _Unavailable | requests.RequestException), log):
+                with attempt:
+                    return once()
+        except (_Unavailable, requests.RequestException) as exc:
+            raise RuntimeError(f"Ray Jobs API {method} {path or '/'} failed {self.attempts} times: "
+                               f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
     def submit(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:

@@ -86,7 +86,7 @@ def test_no_secret_value_is_readable_through_rays_job_and_serve_apis(settings):
     outcome = ray_jobs.run(settings, "jobs.ingest", ["--group", "77", "--day", "Monday"], timeout_s=600)
     assert outcome.status == "SUCCEEDED", outcome.logs[-2000:]
     serve.deploy(settings)  # the stack's app: config and runtime environment as `tasador up` sends them
-    headers = {"Authorization": f"Bearer {ray_jobs.token(settings)}"}
+    headers = ray_jobs.auth_headers(settings)
     pages = {path: requests.get(f"{settings.ray_dashboard}{path}", headers=headers, timeout=30)
              for path in ("/api/jobs/", "/api/serve/applications/", f"/api/jobs/{outcome.job_id}")}
     assert all(r.ok for r in pages.values()), {p: r.status_code for p, r in pages.items()}
