@@ -1,8 +1,9 @@
 """What the prediction API accepts: one listing (the 11 features of the schema) or ``{"listings": [...]}``.
 
-Validated with the same bounds as the cleaning rules, so a listing the pipeline would reject is refused
-here with a 422 whose message names the field; the model never sees NaN, text in a number or a
-negative size. Unknown keys (``price``, say, when a raw row is sent) are ignored.
+Validated by the rules of a valid listing that the cleaning applies (tasador/schema.py), so a listing
+the pipeline would reject is refused here with a 422 whose message names the field; the model never
+sees NaN, text in a number or a negative size. Unknown keys (``price``, say, when a raw row is sent)
+are ignored.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from tasador.cleaning import BOUNDS
-from tasador.schema import FEATURES, STATES, STATUSES
+from tasador.schema import BOUNDS, EARLIEST_SALE, FEATURES, ID_FEATURES, STATES, STATUSES, WHOLE_NUMBERS, ZIP_MAX
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 
@@ -39,6 +39,13 @@ class Listing(BaseModel):
     street: float | None = Field(default=None, ge=0, examples=[1594530])
     prev_sold_date: dt.date | None = Field(default=None, examples=["2015-06-30"])
 
+    @field_validator(*WHOLE_NUMBERS, *ID_FEATURES)
+    @classmethod
+    def whole(cls, value: float | None, info) -> float | None:
+        if value is not None and not float(value).is_integer():
+            raise ValueError(f"{info.field_name} is a whole number ({value} is not)")
+        return value
+
     @field_validator("state")
     @classmethod
     def known_state(cls, value: str) -> str:
@@ -60,19 +67,19 @@ class Listing(BaseModel):
     def zip_as_text(cls, value):
         if value is None:
             return None
-        if isinstance(value, float) and not (value.is_integer() and 0 <= value < 100_000):
+        if isinstance(value, float) and not (value.is_integer() and 0 <= value <= ZIP_MAX):
             raise ValueError("a zip code is up to 5 digits")  # 2108.5, -1.0, 1e400 (inf) and NaN included
         text = str(int(value)) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
         digits = text.strip()
-        if not digits.isdigit() or len(digits) > 5:
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > ZIP_MAX:
             raise ValueError("a zip code is up to 5 digits")
-        return digits.zfill(5)
+        return str(int(digits)).zfill(len(str(ZIP_MAX)))  # as the cleaning reads it: "2108" and "002108" are 02108
 
     @field_validator("prev_sold_date")
     @classmethod
     def not_in_future(cls, value: dt.date | None) -> dt.date | None:
-        if value is not None and not (dt.date(1900, 1, 1) <= value <= dt.date.today()):
-            raise ValueError("prev_sold_date lies before 1900 or in the future")
+        if value is not None and not (EARLIEST_SALE <= value <= dt.date.today()):
+            raise ValueError(f"prev_sold_date lies before {EARLIEST_SALE} or in the future")
         return value
 
 

@@ -27,11 +27,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasador.schema import COLUMNS, STATES, STATUSES
+from tasador.schema import BOUNDS, COLUMNS, EARLIEST_SALE, ID_FEATURES, STATES, STATUSES, WHOLE_NUMBERS, ZIP_MAX
 
 CLEAN_COLUMNS: tuple[str, ...] = ("raw_id", "batch_id", "property_id", *COLUMNS)
-INT_IDS = ("brokered_by", "street")
-BOUNDS = {"bed": (0, 50), "bath": (0, 50), "house_size": (100, 100_000), "acre_lot": (0, 100_000)}
 
 
 def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
@@ -64,7 +62,7 @@ def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
     out["state"] = state
 
     numbers = {}
-    for col in ("price", "bed", "bath", "acre_lot", "house_size", *INT_IDS, "zip_code"):
+    for col in ("price", "bed", "bath", "acre_lot", "house_size", *ID_FEATURES, "zip_code"):
         parsed = _number(text[col])
         numbers[col] = parsed
         reject(text[col].notna() & (parsed.isna() | ~np.isfinite(parsed)),
@@ -84,21 +82,21 @@ def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
         reject((value < low) | (value > high),
                lambda m, col=col, value=value, low=low, high=high: f"{col} " + value[m].astype(str)
                + f" outside [{low:,}, {high:,}]")
-        if col in ("bed", "bath"):
+        if col in WHOLE_NUMBERS:
             reject(value.notna() & (value % 1 != 0),
                    lambda m, col=col, value=value: f"{col} " + value[m].astype(str) + " is not a whole number")
         out[col] = value.astype("float64")
 
-    for col in INT_IDS:
+    for col in ID_FEATURES:
         value = numbers[col]
         reject(value.notna() & ((value < 0) | (value % 1 != 0)),
                lambda m, col=col, value=value: f"{col} " + value[m].astype(str) + " is not a positive integer id")
         out[col] = value.round().astype("Int64")
 
     zip_num = numbers["zip_code"]
-    reject(zip_num.notna() & ((zip_num < 0) | (zip_num > 99_999) | (zip_num % 1 != 0)),
+    reject(zip_num.notna() & ((zip_num < 0) | (zip_num > ZIP_MAX) | (zip_num % 1 != 0)),
            lambda m: "zip_code '" + text["zip_code"][m] + "' is not a 5-digit code")
-    valid_zip = zip_num.between(0, 99_999) & (zip_num % 1 == 0)
+    valid_zip = zip_num.between(0, ZIP_MAX) & (zip_num % 1 == 0)
     out["zip_code"] = zip_num[valid_zip].astype("int64").astype(str).str.zfill(5).reindex(raw.index).astype(object)
     out["zip_code"] = out["zip_code"].where(out["zip_code"].notna(), None)
 
@@ -109,8 +107,8 @@ def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
         dates[us_style] = pd.to_datetime(text["prev_sold_date"][us_style], errors="coerce", format="%m/%d/%Y")
     reject(text["prev_sold_date"].notna() & dates.isna(),
            lambda m: "prev_sold_date '" + text["prev_sold_date"][m] + "' is not a date")
-    reject((dates < pd.Timestamp("1900-01-01")) | (dates > pd.Timestamp(today)),
-           lambda m: "prev_sold_date " + dates[m].dt.strftime("%Y-%m-%d") + f" outside 1900-01-01..{today}")
+    reject((dates < pd.Timestamp(EARLIEST_SALE)) | (dates > pd.Timestamp(today)),
+           lambda m: "prev_sold_date " + dates[m].dt.strftime("%Y-%m-%d") + f" outside {EARLIEST_SALE}..{today}")
     out["prev_sold_date"] = dates.dt.date.where(dates.notna(), None)
 
     out["property_id"] = property_ids(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 COLUMNS: tuple[str, ...] = (
     "brokered_by", "status", "price", "bed", "bath", "acre_lot",
     "street", "city", "state", "zip_code", "house_size", "prev_sold_date",
@@ -26,3 +28,12 @@ STATES: tuple[str, ...] = (
     "Vermont", "Virginia", "Washington", "West Virginia", "Wisconsin", "Wyoming",
     "Puerto Rico", "Virgin Islands", "Guam",
 )
+
+# A valid listing, one definition for the cleaning (a row breaking a rule is rejected with its reason,
+# tasador/cleaning.py) and the prediction API (a listing breaking one is refused with a 422 naming the
+# field, serve_app/schemas.py); tests/test_cleaning.py checks both give the same verdicts.
+BOUNDS = {"bed": (0, 50), "bath": (0, 50), "house_size": (100, 100_000), "acre_lot": (0, 100_000)}
+WHOLE_NUMBERS: tuple[str, ...] = ("bed", "bath")  # counts: 2.5 baths is not a value of this data
+# ID_FEATURES are non-negative integer ids (the raw data writes some as "103378.0")
+ZIP_MAX = 99_999  # a zip code is up to 5 digits; unpadded ones ("2108") are padded ("02108")
+EARLIEST_SALE = dt.date(1900, 1, 1)  # prev_sold_date lies between this and the day it is checked

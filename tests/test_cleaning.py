@@ -110,3 +110,34 @@ def test_verbatim_sample_keeps_its_rows():
 def test_ten_column_sample_has_exact_duplicates_found():
     out = mark_duplicates(clean_frame(sample("eshaank1_realtor-data_NJ_PA_NY_10col.csv"), 10_000, 1e8, TODAY))
     assert out["reason"].str.startswith("exact duplicate").sum() > 500
+
+
+LISTING_JSON = {"brokered_by": 103378, "status": "for_sale", "bed": 3, "bath": 2, "acre_lot": 0.12,
+                "street": 1962661, "city": "Adjuntas", "state": "Puerto Rico", "zip_code": "601",
+                "house_size": 920, "prev_sold_date": "2020-02-28"}
+VERDICT_CASES = [
+    {}, {"bath": 2.5}, {"bed": 2.0}, {"bed": -1}, {"bed": 51}, {"house_size": 50}, {"acre_lot": 100_001},
+    {"zip_code": "123456"}, {"zip_code": "02108"}, {"zip_code": 2108.0}, {"zip_code": "002108"},
+    {"brokered_by": 1.5}, {"street": -3}, {"prev_sold_date": "1850-01-01"}, {"prev_sold_date": "2099-01-01"},
+    {"state": "Narnia"}, {"status": "pending"}, {"city": None}, {"bed": None},
+]
+
+
+@pytest.mark.parametrize("change", VERDICT_CASES, ids=[str(c) for c in VERDICT_CASES])
+def test_the_api_and_the_cleaning_agree_on_what_a_valid_listing_is(change):
+    """One definition of a valid listing (tasador/schema.py): the prediction API refuses a listing
+    exactly when the cleaning would reject it as a row (the price aside, which a listing to price has
+    not), and both read its zip code alike."""
+    from pydantic import ValidationError
+
+    from serve_app.schemas import LISTING
+
+    listing = {**LISTING_JSON, **change}
+    try:
+        api_zip = LISTING.validate_python(listing).zip_code
+    except ValidationError:
+        api_zip = "refused"
+    row = {k: (None if v is None else str(v)) for k, v in listing.items()} | {"price": "105000"}
+    cleaned = clean_frame(raw_frame([row]), 10_000, 1e8, dt.date.today()).iloc[0]
+    clean_zip = "refused" if pd.notna(cleaned["reason"]) else cleaned["zip_code"]
+    assert api_zip == clean_zip, (api_zip, cleaned["reason"])
