@@ -14,11 +14,6 @@ from cluster import processes, stack
 from tasador.ray_jobs import use_cluster_auth
 from tasador.settings import Settings
 
-# Ray reads its auth mode once per process, when first imported: collecting the test modules imports
-# it before the session stack exists, so token mode is set now (the token file's path comes with the
-# stack). Without it, a later ray.init to a token cluster fails ("RAY_AUTH_MODE is 'disabled'").
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO.parent / "shared" / "data" / "realtor-samples"
 # the real-format samples live beside the repository in this workplace only (../shared/); elsewhere
