@@ -11,7 +11,7 @@ import time
 
 from cluster import airflow, stack
 from tasador import decisions, ray_jobs
-from tasador.pipeline import cycle
+from tasador.cycle import cycle
 from tasador.settings import Settings
 
 

@@ -4,8 +4,8 @@
 """
 
 from jobs.common import job_parser, run_job
+from tasador.cycle import work_pending
 from tasador.ingest import ingest_next
-from tasador.pipeline import work_pending
 
 
 def ingest(settings, group: int, day: str) -> dict:

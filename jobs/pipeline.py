@@ -5,7 +5,7 @@
 """
 
 from jobs.common import job_parser, run_job
-from tasador.pipeline import cycle
+from tasador.cycle import cycle
 
 
 def run(settings, group: int, day: str, every: bool) -> dict:

@@ -5,7 +5,7 @@ held-out rows and move the ``production`` alias only if it is better by the conf
 """
 
 from jobs.common import job_parser, run_job
-from tasador.pipeline_steps import promote_pending
+from tasador.retrain import promote_pending
 
 
 def main() -> None:

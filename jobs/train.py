@@ -5,7 +5,7 @@ Tune on every clean row and register the best as a new model version.
 """
 
 from jobs.common import job_parser, run_job
-from tasador.pipeline_steps import train_pending
+from tasador.retrain import train_pending
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasador.models import BoosterRegressor, price_metrics
+from tasador.models import BoosterRegressor, price_metrics, xgboost_params
 from tasador.settings import Settings
 
 
@@ -53,10 +53,7 @@ def fit(settings: Settings, config: dict, arrays: dict, name: str) -> tuple[Boos
     from ray.train import RunConfig, ScalingConfig
     from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
-    params = {"objective": "reg:squarederror", "tree_method": "hist", "nthread": 1, "seed": 0,
-              "eta": config["learning_rate"], "max_depth": config["max_depth"],
-              "min_child_weight": config["min_child_weight"], "subsample": config["subsample"],
-              "colsample_bytree": config["colsample_bytree"], "eval_metric": "rmse"}
+    params = xgboost_params(config, threads=1) | {"eval_metric": "rmse"}
     trainer = XGBoostTrainer(
         _worker, train_loop_config={"params": params, "rounds": config["n_estimators"]},
         scaling_config=ScalingConfig(num_workers=settings.xgb_workers, resources_per_worker={"CPU": 1},

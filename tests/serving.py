@@ -46,16 +46,22 @@ def set_production(s, version: str) -> None:
     registry.mlflow_client(s).set_registered_model_alias(s.model_name, PRODUCTION, version)
 
 
-def wait_for_version(s, version: str, timeout_s: float = 30) -> None:
-    """Until every replica serves ``version``: ten answers in a row name it (the ingress replicas
-    follow the alias each on its own; HAProxy spreads the requests over them)."""
+def until_every_replica(s, holds, what: str, timeout_s: float = 30) -> dict:
+    """Until ``holds`` is true of every replica's /health: of ten answers in a row (each replica reports
+    its own state; HAProxy spreads the requests over them). Fails naming ``what`` at ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    in_a_row, seen = 0, None
+    in_a_row, seen = 0, {}
     while time.monotonic() < deadline and in_a_row < 10:
         seen = requests.get(f"{s.serve}/health", timeout=5).json()
-        in_a_row = in_a_row + 1 if seen.get("model_version") == version else 0
+        in_a_row = in_a_row + 1 if holds(seen) else 0
         time.sleep(0.1)
-    assert in_a_row >= 10, f"Serve did not switch to v{version}: {seen}"
+    assert in_a_row >= 10, f"not every replica {what} within {timeout_s}s: {seen}"
+    return seen
+
+
+def wait_for_version(s, version: str, timeout_s: float = 30) -> None:
+    """Until every replica serves ``version`` (each follows the alias on its own)."""
+    until_every_replica(s, lambda health: health.get("model_version") == version, f"serves v{version}", timeout_s)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from serve_app.prediction_log import PredictionLog
 from tasador import registry
 from tasador.promotion import load_model
 from tasador.schema import FEATURES
-from tests.serving import listings, register_ridge, serving_model, set_production, wait_for_version
+from tests.serving import listings, register_ridge, serving_model, set_production, until_every_replica, wait_for_version
 
 GROUP = 55
 
@@ -85,7 +85,7 @@ def test_a_retried_request_with_an_idempotency_key_gets_the_same_ids_and_is_logg
     answers = [requests.post(f"{s.serve}/predict", json={"listings": [listing] * 2}, headers=headers,
                              timeout=30).json() for _ in range(4)]  # over both replicas
     assert len({tuple(a["prediction_ids"]) for a in answers}) == 1
-    time.sleep(3 * s.prediction_log_flush_s)  # every replica has flushed what it got
+    until_every_replica(s, lambda health: health["prediction_log"]["backlog"] == 0, "has written its log")
     rows = _logged(raw, marker, 2)
     assert sorted(r[0] for r in rows) == sorted(answers[0]["prediction_ids"])
     bad = requests.post(f"{s.serve}/predict", json=listing, headers={"Idempotency-Key": "x" * 300}, timeout=30)
@@ -260,23 +260,16 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
     broken = client.create_model_version(s.model_name, source=f"runs:/{run_id}/no-model-here", run_id=run_id,
                                          tags={"family": "ridge"}).version
     set_production(s, broken)
-    deadline = time.monotonic() + 15
-    health = {}
-    while time.monotonic() < deadline:
-        health = requests.get(f"{s.serve}/health", timeout=5).json()
-        if health.get("last_error"):
-            break
-        time.sleep(0.3)
-    time.sleep(2 * s.serve_poll_s)  # the other replica has tried and refused it too
     try:
+        health = until_every_replica(s, lambda h: (h.get("last_error") or {}).get("version") == broken,
+                                     f"has tried and refused v{broken}")
         assert health["status"] == "degraded" and health["last_error"]["version"] == broken
         assert health["model_version"] == serving["v1"]
         resp = requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
         assert resp.status_code == 200 and resp.json()["model_version"] == serving["v1"]
     finally:
         set_production(s, serving["v1"])
-    time.sleep(3 * s.serve_poll_s)  # every replica sees the alias back on the working version
-    assert {requests.get(f"{s.serve}/health", timeout=5).json()["status"] for _ in range(8)} == {"ok"}
+    until_every_replica(s, lambda h: h["status"] == "ok", "is ok with the alias back on the working version")
 
 
 def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(serving, tmp_path):

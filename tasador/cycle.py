@@ -14,7 +14,7 @@ STEPS = ("ingest", "process", "decide", "train", "promote")
 
 
 def run_in_process(settings: Settings, step: str, group: int, day: str) -> dict:
-    from tasador import decisions, ingest, pipeline_steps, processing
+    from tasador import decisions, ingest, processing, retrain
 
     if step == "ingest":
         return ingest.ingest_next(settings, group, day).as_dict()
@@ -23,9 +23,9 @@ def run_in_process(settings: Settings, step: str, group: int, day: str) -> dict:
     if step == "decide":
         return decisions.decide_pending(settings, group, day)
     if step == "train":
-        return pipeline_steps.train_pending(settings, group, day)
+        return retrain.train_pending(settings, group, day)
     if step == "promote":
-        return pipeline_steps.promote_pending(settings, group, day)
+        return retrain.promote_pending(settings, group, day)
     raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
 
 
