@@ -1,0 +1,140 @@
+"""How a trained price model behaves, in the style of Made-With-ML's ``tests/model``: invariance (what
+must not move the price), direction (what must move it which way) and minimum functionality. No
+server: the model is trained here on the module's own data (the re-created API's generator, cleaned
+by the real cleaning) and served through ``ProductionModel`` with an injected loader, the way every
+replica serves the registry's versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_api.generator import World, generate_batch
+from data_api.plan import PLAN
+from serve_app.model import LoadedModel, ProductionModel
+from tasador.cleaning import clean_frame
+from tasador.features import ListingFeatures, PriceModel
+from tasador.models import fit_steps, price_metrics
+from tasador.schema import FEATURES
+from tasador.settings import Settings
+
+XGBOOST = {"family": "xgboost", "n_estimators": 150, "max_depth": 6, "learning_rate": 0.1, "min_child_weight": 4,
+           "subsample": 0.8, "colsample_bytree": 0.9}
+
+
+def cleaned(kind: int, scale: float) -> pd.DataFrame:
+    raw = generate_batch(World(7), PLAN[kind], seed=7, group=3, day="Friday", scale=scale).astype(object)
+    raw = raw.where(raw.notna(), None)
+    raw["raw_id"], raw["batch_id"] = range(1, len(raw) + 1), 1
+    out = clean_frame(raw, 10_000, 1e8)
+    return out[out["reason"].isna()].reset_index(drop=True)
+
+
+class FixedVersions:
+    """The loader a replica is given, over models held in memory: ``versions`` by number, the alias
+    on ``production``."""
+
+    def __init__(self, versions: dict[str, PriceModel], production: str):
+        self.versions, self.production = versions, production
+
+    def production_version(self) -> str:
+        return self.production
+
+    def load(self, version: str) -> LoadedModel:
+        return LoadedModel(version, self.versions[version], {"name": "behaviour-test", "version": version})
+
+
+@pytest.fixture(scope="module")
+def served():
+    frame = pd.concat([cleaned(2, 0.05), cleaned(4, 0.03), cleaned(5, 0.02)], ignore_index=True)
+    held_out = frame.index % 5 == 0
+    train, test = frame[~held_out], frame[held_out]
+    y = np.log(train["price"].to_numpy(dtype=float))
+    features = ListingFeatures()
+    X = features.fit_transform(train[list(FEATURES)], y)
+    *_, (_, regressor) = fit_steps(XGBOOST, X.astype(np.float32), y, threads=2)
+    model = PriceModel(features, regressor, "xgboost")
+    loader = FixedVersions({"1": model}, "1")
+    production = ProductionModel(Settings(serve_poll_s=3600), lambda _settings: loader)
+    assert production.current is not None and production.current.version == "1"
+    return {"production": production, "loader": loader, "test": test.reset_index(drop=True)}
+
+
+def price(served, listings: list[dict]) -> np.ndarray:
+    """Prices as the replica answers them (one request of column lists, as the ingress sends)."""
+    columns = {f: [listing.get(f) for listing in listings] for f in FEATURES}
+    answer = served["production"].predict([columns])[0]
+    assert "error" not in answer, answer
+    return np.asarray(answer["prices"])
+
+
+def rows(served, n: int = 40) -> list[dict]:
+    test = served["test"].head(n)[list(FEATURES)].astype(object)
+    return test.where(test.notna(), None).to_dict("records")
+
+
+def test_minimum_functionality_far_better_than_the_mean_on_unseen_rows(served):
+    test = served["test"]
+    y = np.log(test["price"].to_numpy(dtype=float))
+    predicted = np.log(price(served, rows(served, len(test))))
+    model, mean = price_metrics(y, predicted), price_metrics(y, np.full(len(y), y.mean()))
+    assert model["rmse_log"] < 0.6 * mean["rmse_log"], (model, mean)
+
+
+def test_minimum_functionality_a_listing_with_only_status_and_state_is_priced(served):
+    bare = {"status": "for_sale", "state": "Ohio"}
+    assert np.isfinite(price(served, [bare])).all() and price(served, [bare])[0] > 0
+
+
+def test_invariance_the_street_id_and_the_zip_codes_spelling_do_not_move_the_price(served):
+    listings = rows(served)
+    moved = [{**r, "street": (r["street"] or 0) + 777} for r in listings]
+    assert np.array_equal(price(served, listings), price(served, moved))  # a property's id, not a feature
+    with_zip = [r for r in listings if r["zip_code"]][:10]
+    as_number = [{**r, "zip_code": float(r["zip_code"])} for r in with_zip]  # 02108 written 2108.0
+    assert np.array_equal(price(served, with_zip), price(served, as_number))
+
+
+def test_invariance_a_city_or_broker_never_seen_is_priced_the_same_whatever_its_name(served):
+    """Unseen values fall back to the training mean: the name of a city or broker the model never
+    saw cannot move the price (no hash of the name leaks into it)."""
+    listings = rows(served, 10)
+    one = [{**r, "city": "Nowhere Springs", "brokered_by": 987_654_321.0} for r in listings]
+    other = [{**r, "city": "Atlantis Falls", "brokered_by": 123_456_789.0} for r in listings]
+    assert np.array_equal(price(served, one), price(served, other))
+
+
+def test_direction_a_bigger_house_in_the_same_place_costs_more(served):
+    listings = [r for r in rows(served) if r["house_size"]]
+    small = price(served, [{**r, "house_size": 1_000.0} for r in listings])
+    big = price(served, [{**r, "house_size": 4_000.0} for r in listings])
+    assert (big > small).mean() >= 0.9, np.round(big / small, 2)
+
+
+def test_direction_a_lot_to_build_on_costs_less_than_a_house_for_sale(served):
+    listings = rows(served)
+    for_sale = price(served, [{**r, "status": "for_sale"} for r in listings])
+    to_build = price(served, [{**r, "status": "ready_to_build"} for r in listings])
+    assert (to_build < for_sale).mean() >= 0.9, np.round(to_build / for_sale, 2)
+
+
+def test_a_version_pricing_nan_is_refused_and_the_working_one_keeps_serving(served):
+    """The injected loader's alias moves to a version that prices NaN: the replica refuses it."""
+
+    class NaNPrices:
+        family = "broken"
+
+        def predict(self, X):
+            return np.full(len(X), np.nan)
+
+    production, loader = served["production"], served["loader"]
+    loader.versions["2"], loader.production = NaNPrices(), "2"
+    try:
+        production.refresh()
+        assert production.current.version == "1" and production.last_error["version"] == "2"
+        assert np.isfinite(price(served, rows(served, 3))).all()
+    finally:
+        loader.production = "1"
+        production.refresh()
+
