@@ -1,7 +1,10 @@
 """Submitting Ray jobs to a cluster (local stack, KubeRay, any head) and reading their JSON summary.
 
 Through Ray's Jobs REST API on the dashboard (``/api/jobs/``) with the cluster's token, so any
-process can submit (the demo, tests, Airflow's own environment) without importing Ray. The job runs
+process can submit (the demo, tests, Airflow's own environment) without importing Ray. Not Ray's
+``JobSubmissionClient``: Airflow's environment cannot hold Ray (Airflow 3.3 pins FastAPI < 0.137 and
+its own dependency set; ``tasador`` is installed there without dependencies), and one client for every
+caller keeps one behaviour (retries, re-attaching to an attempt, the token) instead of two. The job runs
 the project's code as installed on the cluster's nodes (the editable install here, the image on
 KubeRay), with every setting passed as ``runtime_env`` env vars.
 """
