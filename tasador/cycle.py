@@ -54,14 +54,11 @@ def work_pending(settings: Settings, group: int, day: str) -> bool:
 
 
 def summary_row(done: dict) -> dict:
-    ingest, decision = done["ingest"], (done["decide"].get("decisions") or [{}])[-1]
+    """The report row of the batch this cycle carried (tasador.decisions.report_row)."""
+    from tasador.decisions import report_row
+
+    decision = (done["decide"].get("decisions") or [{}])[-1]
     processed = (done["process"].get("batches") or [{}])[-1]
-    train, promote = done.get("train", {}), done.get("promote", {})
-    return {"batch_number": ingest.get("batch_number"), "batch_id": ingest.get("batch_id"),
-            "rows_in": ingest.get("rows"), "rejected": processed.get("rejected_rows"),
-            "drift_found": decision.get("drift_found"), "drifted": decision.get("drifted_features"),
-            "retrain": decision.get("retrain"), "retrain_reason": decision.get("retrain_reason"),
-            "version": train.get("version"), "family": train.get("family"),
-            "rmse": (train.get("test_metrics") or {}).get("rmse"),
-            "promoted": promote.get("status") == "promoted" if promote else None,
-            "promotion_reason": promote.get("reason")}
+    promote = done.get("promote", {})
+    return report_row(done["ingest"], processed.get("rejected_rows"), decision, done.get("train", {}),
+                      promote.get("status") == "promoted" if promote else None, promote.get("reason"))

@@ -141,11 +141,19 @@ def batch_report(settings: Settings, group: int, day: str) -> list[dict]:
     rows = []
     for batch_id, number, n in ledger:
         decision = summary(get(settings, batch_id) or {})
-        training = decision.get("training") or {}
-        rows.append({"batch_number": number, "batch_id": batch_id, "rows_in": n, "rejected": rejected.get(batch_id),
-                     "drift_found": decision.get("drift_found"), "drifted": decision.get("drifted_features"),
-                     "retrain": decision.get("retrain"), "retrain_reason": decision.get("retrain_reason"),
-                     "version": training.get("version"), "family": training.get("family"),
-                     "rmse": (training.get("test_metrics") or {}).get("rmse"), "promoted": decision.get("promoted"),
-                     "promotion_reason": decision.get("promotion_reason")})
+        rows.append(report_row({"batch_number": number, "batch_id": batch_id, "rows": n}, rejected.get(batch_id),
+                               decision, decision.get("training") or {}, decision.get("promoted"),
+                               decision.get("promotion_reason")))
     return rows
+
+
+def report_row(batch: dict, rejected: int | None, decision: dict, training: dict, promoted: bool | None,
+               promotion_reason: str | None) -> dict:
+    """One batch's row of the report (the demo's table; a cycle's summary): rows in, rejected, drift,
+    retrain and why, the version trained, its RMSE, promoted and why."""
+    return {"batch_number": batch.get("batch_number"), "batch_id": batch.get("batch_id"), "rows_in": batch.get("rows"),
+            "rejected": rejected, "drift_found": decision.get("drift_found"),
+            "drifted": decision.get("drifted_features"), "retrain": decision.get("retrain"),
+            "retrain_reason": decision.get("retrain_reason"), "version": training.get("version"),
+            "family": training.get("family"), "rmse": (training.get("test_metrics") or {}).get("rmse"),
+            "promoted": promoted, "promotion_reason": promotion_reason}
