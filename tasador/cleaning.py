@@ -27,7 +27,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasador.schema import BOUNDS, COLUMNS, EARLIEST_SALE, ID_FEATURES, STATES, STATUSES, WHOLE_NUMBERS, ZIP_MAX
+from tasador.schema import (
+    BOUNDS,
+    COLUMNS,
+    EARLIEST_SALE,
+    ID_FEATURES,
+    NUMERIC_FEATURES,
+    STATES,
+    STATUSES,
+    TARGET,
+    WHOLE_NUMBERS,
+    ZIP_MAX,
+)
 
 CLEAN_COLUMNS: tuple[str, ...] = ("raw_id", "batch_id", "property_id", *COLUMNS)
 
@@ -62,7 +73,7 @@ def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
     out["state"] = state
 
     numbers = {}
-    for col in ("price", "bed", "bath", "acre_lot", "house_size", *ID_FEATURES, "zip_code"):
+    for col in (TARGET, *NUMERIC_FEATURES, *ID_FEATURES, "zip_code"):
         parsed = _number(text[col])
         numbers[col] = parsed
         reject(text[col].notna() & (parsed.isna() | ~np.isfinite(parsed)),

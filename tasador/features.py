@@ -19,16 +19,16 @@ from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import TargetEncoder
 
-from tasador.schema import FEATURES, STATUSES
+from tasador.schema import FEATURES, NUMERIC_FEATURES, STATUSES
 
 ENCODED = ("state", "city", "zip_code", "brokered_by")
-SIZES = ("bed", "bath", "house_size", "acre_lot")
 
 
 def typed(X: pd.DataFrame) -> dict[str, np.ndarray]:
     """The 11 features with their model types, whatever came in (strings from JSON, typed clean rows).
     Numpy arrays, not a frame: a request of one listing must not pay pandas' per-column overhead."""
-    out = {col: pd.to_numeric(X[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan) for col in SIZES}
+    out = {col: pd.to_numeric(X[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+           for col in NUMERIC_FEATURES}
     state = X["state"].astype("string")
     out["status"] = X["status"].astype("string").str.lower().to_numpy(dtype=object, na_value=None)
     out["state"] = state.to_numpy(dtype=object, na_value=None)

@@ -12,8 +12,6 @@ TARGET = "price"
 FEATURES: tuple[str, ...] = tuple(c for c in COLUMNS if c != TARGET)
 NUMERIC_FEATURES: tuple[str, ...] = ("bed", "bath", "acre_lot", "house_size")
 ID_FEATURES: tuple[str, ...] = ("brokered_by", "street")
-CATEGORICAL_FEATURES: tuple[str, ...] = ("status", "city", "state", "zip_code")
-DATE_FEATURES: tuple[str, ...] = ("prev_sold_date",)
 
 STATUSES: tuple[str, ...] = ("for_sale", "sold", "ready_to_build")
 
