@@ -33,7 +33,10 @@ def typed(X: pd.DataFrame) -> dict[str, np.ndarray]:
     out["status"] = X["status"].astype("string").str.lower().to_numpy(dtype=object, na_value=None)
     out["state"] = state.to_numpy(dtype=object, na_value=None)
     out["city"] = (state + "|" + X["city"].astype("string")).to_numpy(dtype=object, na_value=None)
-    for col in ("zip_code", "brokered_by"):  # ids as integer text: "02108", 2108.0 and "2108" are one zip
+    # ids as integer text: "02108", 2108.0 and "2108" are one zip. Not the 5-digit form the cleaning and
+    # the API write (tasador/schema.py): this is the key format of every trained version's encoder,
+    # and another would make every zip code unseen to the versions already in a registry
+    for col in ("zip_code", "brokered_by"):
         out[col] = pd.to_numeric(X[col], errors="coerce").astype("Int64").astype("string").to_numpy(
             dtype=object, na_value=None)
     out["prev_sold_date"] = pd.to_datetime(X["prev_sold_date"], errors="coerce").to_numpy()
