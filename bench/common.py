@@ -28,7 +28,7 @@ def private_stack(scale: float, only: tuple[str, ...] | None = None) -> Iterator
             stack.up(settings, only=only)
             yield settings
         finally:
-            stack.down(settings)
+            stack.down(settings, discard=True)
 
 
 @contextmanager

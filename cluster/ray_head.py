@@ -139,6 +139,17 @@ def stop_haproxy(settings: Settings) -> list[int]:
     return pids
 
 
+def discard_files(settings: Settings) -> list[Path]:
+    """Remove what a stopped cluster kept outside its state dir: Ray's temp dir when it is the derived
+    one under /tmp (sessions, logs, sockets: ~5 MB a stack) and HAProxy's dir. For clusters whose
+    state is thrown away (tests, benchmarks); ``tasador down`` keeps them for the logs. Returns them."""
+    outside = [haproxy_dir(settings)] + ([] if settings.ray_temp_dir else [temp_dir(settings)])
+    removed = [p for p in outside if p.parent == Path("/tmp") and p.is_dir()]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def start(settings: Settings, multi_node: bool = False) -> int:
     """The head (``multi_node``: in Ray's cluster mode, so that worker nodes may join; see LOOPBACK_ENV)."""
     env = node_env(settings, multi_node=multi_node)

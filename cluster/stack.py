@@ -86,7 +86,9 @@ def up(settings: Settings, scale: float | None = None, only: tuple[str, ...] | N
     return status(settings)
 
 
-def down(settings: Settings) -> list[str]:
+def down(settings: Settings, discard: bool = False) -> list[str]:
+    """Stop every component the stack started (the names, in stopping order). ``discard``: the state is
+    thrown away after (tests, benchmarks): also remove what the cluster kept outside it."""
     state = settings.state_path
     registry = processes.load_registry(state)
     stopped = []
@@ -105,6 +107,8 @@ def down(settings: Settings) -> list[str]:
             processes.stop_pid(info["pid"])
         processes.forget(state, name)
         stopped.append(name)
+    if discard:
+        ray_head.discard_files(settings)
     return stopped
 
 

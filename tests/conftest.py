@@ -50,7 +50,7 @@ def settings(tmp_path_factory) -> Settings:
         use_cluster_auth(s)
         yield s
     finally:
-        stack.down(s)
+        stack.down(s, discard=True)
 
 
 @pytest.fixture()

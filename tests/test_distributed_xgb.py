@@ -31,6 +31,7 @@ def two_nodes(settings, tmp_path_factory):
         if worker:
             processes.stop_pid(worker)
         processes.stop_pid(head)
+        ray_head.discard_files(s)
 
 
 def test_xgboost_trains_across_two_nodes(two_nodes, settings):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import processes, stack
+from cluster import processes, ray_head, stack
 from tests.conftest import fresh_settings, registry_pids
 
 
@@ -33,8 +33,12 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
             assert not [p for p in tree[pid] if processes.alive(p)], f"children of {name} left running"
         assert processes.alive(bystander.pid), "down must not touch processes it did not start"
         assert {c["state"] for c in stack.status(s).values()} == {"not started"}
+        outside = ray_head.temp_dir(s)  # derived under /tmp: the test's state path is too long for sockets
+        assert outside.parent == Path("/tmp") and outside.is_dir()  # down keeps Ray's logs...
+        assert stack.down(s, discard=True) == [] and not outside.exists()  # ...a discarded stack does not
+        assert not ray_head.haproxy_dir(s).exists()
     finally:
-        stack.down(s)
+        stack.down(s, discard=True)
         bystander.kill()
 
 

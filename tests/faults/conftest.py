@@ -26,7 +26,7 @@ def own_stack(s: Settings) -> Iterator[Settings]:
         use_cluster_auth(s)
         yield s
     finally:
-        stack.down(s)
+        stack.down(s, discard=True)
         if saved is None:
             os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         else:

@@ -54,7 +54,7 @@ def test_tasador_down_writes_every_prediction_and_leaves_nothing_behind(serving_
     haproxy = ray_head.haproxy_pids(s)
     assert haproxy, "the Serve app runs behind HAProxy: its processes are found before the stop"
     ports = stack_ports(s)
-    stack.down(s)
+    stack.down(s, discard=True)
     postgres.start(s)  # to count
     try:
         figures = lab.account(result, settle_s=0)
