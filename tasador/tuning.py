@@ -48,7 +48,13 @@ def run_trial(config: dict, arrays: dict) -> None:
 
 class MlflowTrialRuns(tune.Callback):
     """Each trial as an MLflow run under the parent run: its params, tagged with its family, and the
-    metrics of every step it reports; the run ends FINISHED (finished or stopped early) or FAILED."""
+    metrics of every step it reports; the run ends FINISHED (finished or stopped early) or FAILED.
+
+    Not Ray's ``MLflowLoggerCallback`` (ray.air.integrations.mlflow, 2.60): it can carry the parent
+    (an ``mlflow.parentRunId`` tag) but gives every trial the same tags (no family per trial, which the
+    runs are searched by), logs the whole config (the arrays' references included) and every result
+    key, and keeps each trial's run id in a private dict keyed by Tune's Trial objects, while the best
+    trial's registration needs that id (``run_ids`` here)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str):
         from mlflow import MlflowClient
