@@ -52,9 +52,9 @@ class MlflowTrialRuns(tune.Callback):
 
     Not Ray's ``MLflowLoggerCallback`` (ray.air.integrations.mlflow, 2.60): it can carry the parent
     (an ``mlflow.parentRunId`` tag) but gives every trial the same tags (no family per trial, which the
-    runs are searched by), logs the whole config (the arrays' references included) and every result
-    key, and keeps each trial's run id in a private dict keyed by Tune's Trial objects, while the best
-    trial's registration needs that id (``run_ids`` here)."""
+    runs are searched by), logs every result key Tune adds, and keeps each trial's run id in a private
+    dict keyed by Tune's Trial objects, while the best trial's registration needs that id
+    (``run_ids`` here)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str):
         from mlflow import MlflowClient
