@@ -52,8 +52,11 @@ def until_every_replica(s, holds, what: str, timeout_s: float = 30) -> dict:
     deadline = time.monotonic() + timeout_s
     in_a_row, seen = 0, {}
     while time.monotonic() < deadline and in_a_row < 10:
-        seen = requests.get(f"{s.serve}/health", timeout=5).json()
-        in_a_row = in_a_row + 1 if holds(seen) else 0
+        try:
+            seen = requests.get(f"{s.serve}/health", timeout=5).json()
+        except (requests.RequestException, ValueError) as exc:  # a replica still starting: not yet
+            seen = {"unanswered": f"{type(exc).__name__}: {exc}"}
+        in_a_row = in_a_row + 1 if "unanswered" not in seen and holds(seen) else 0
         time.sleep(0.1)
     assert in_a_row >= 10, f"not every replica {what} within {timeout_s}s: {seen}"
     return seen
