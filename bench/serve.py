@@ -95,14 +95,8 @@ def trained_model(settings) -> str:
 
 
 def register(settings, model, ds) -> str:
-    import mlflow
-
-    client = registry.mlflow_client(settings)
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.mlflow_experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="bench-serve") as run:
-        pass
-    return training.register(settings, model, run.info.run_id, ds, {"rmse": 1.0}, {}, {"batch_ids": "[]"})
+    return training.register(settings, model, training.empty_run(settings, "bench-serve"), ds,
+                             {"rmse": 1.0}, {}, {"batch_ids": "[]"})
 
 
 def wait_version(url: str, version: str, timeout_s: float = 60) -> None:

@@ -178,14 +178,8 @@ def prepare(s: Settings, workdir: Path) -> ServingLab:
 
 
 def register(s: Settings, model, ds, name: str) -> str:
-    import mlflow
-
-    client = registry.mlflow_client(s)
-    experiment = client.get_experiment_by_name(s.mlflow_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(s.mlflow_experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"serving-faults-{name}") as run:
-        pass
-    return training.register(s, model, run.info.run_id, ds, {"rmse": 1.0}, {}, {"batch_ids": "[]"})
+    return training.register(s, model, training.empty_run(s, f"serving-faults-{name}"), ds,
+                             {"rmse": 1.0}, {}, {"batch_ids": "[]"})
 
 
 # -- scenarios -------------------------------------------------------------------------------------
@@ -370,9 +364,7 @@ def corrupt_version(lab: ServingLab) -> str:
     version = register(lab.s, load_model(lab.s, lab.versions["good"]), lab.ds, "corrupt")
     client = registry.mlflow_client(lab.s)
     source = client.get_model_version(lab.s.model_name, version).source
-    import mlflow
-
-    location = mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location
+    location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
     root = Path(lab.s.mlflow_artifacts_destination.removeprefix("file://")) / location.split(":/", 1)[1]
     files = list(root.rglob("*.pkl"))
     assert files, f"no pickled model under {root}"

@@ -1,1 +1,2 @@
-"""The local stack (``tasador up/down/status/demo``) and Ray cluster definitions."""
+"""The local stack's processes: PostgreSQL, the Ray head (Serve, HAProxy), MLflow, Prometheus, Airflow
+and the data API, each started on loopback and stopped by PID (``stack.up``/``down``/``status``)."""

@@ -56,7 +56,7 @@ def up(settings: Settings, scale: float | None = None, only: tuple[str, ...] | N
         processes.record(state, "ray_head", pid=pid, url=settings.ray_dashboard)
 
     if needed("data_api"):
-        cmd = [sys.executable, "-m", "cluster.cli", "data-api", "--host", settings.data_api_host,
+        cmd = [sys.executable, "-m", "cli.main", "data-api", "--host", settings.data_api_host,
                "--port", str(settings.data_api_port), "--scale", str(settings.data_api_scale),
                "--seed", str(settings.data_api_seed)]
         if settings.data_api_source:

@@ -29,7 +29,7 @@ import pandas as pd
 from ray import serve
 
 from serve_app import metrics
-from tasador.registry import mlflow_client, production_version
+from tasador.registry import mlflow_client, production_version, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
 
@@ -57,6 +57,13 @@ class RegistryLoader:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.client = mlflow_client(settings)
+        # imported here, before the replica serves: the first version's load would otherwise import
+        # MLflow's sklearn flavour, scikit-learn and XGBoost (seconds of CPU on a busy node, holding the
+        # GIL and the import locks) while requests wait on the same process
+        import mlflow.sklearn  # noqa: F401
+        import xgboost  # noqa: F401
+
+        import tasador.features  # noqa: F401
 
     def production_version(self) -> str | None:
         return production_version(self.client, self.settings.model_name)
@@ -66,7 +73,8 @@ class RegistryLoader:
 
         name = self.settings.model_name
         mv = self.client.get_model_version(name, version)
-        model = mlflow.sklearn.load_model(self._local_copy(mv))
+        with tracking_server(self.settings):  # a models:/ URI resolves through the tracking server
+            model = mlflow.sklearn.load_model(self._local_copy(mv))
         tags = mv.tags
         metrics_ = {k.removeprefix("metric_"): float(v) for k, v in tags.items() if k.startswith("metric_")}
         info = {"name": name, "version": version, "family": tags.get("family", getattr(model, "family", "")),
@@ -259,6 +267,8 @@ class PriceModelServer:
     4.2x on the 2-core benchmark machine (docs/benchmarks.md)."""
 
     def __init__(self, loader_factory=RegistryLoader):
+        import tasador.explain  # noqa: F401  (SHAP: imported before the replica answers, not in its first request)
+
         self.model = ProductionModel(Settings.load(), loader_factory)
 
     async def predict(self, requests: list[dict]) -> list[dict]:

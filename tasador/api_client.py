@@ -76,14 +76,11 @@ class DataApiClient:
             raise _Transient(f"HTTP {resp.status_code}: {_detail(resp)}")
 
         try:
-            for attempt in retrying(f"data API {url}", self.retries + 1,
-                                    tenacity.wait_exponential(multiplier=self.backoff_s, min=0),
-                                    lambda exc: isinstance(exc, _Transient), log):
-                with attempt:
-                    return once()
+            return retrying(f"data API {url}", self.retries + 1,
+                            tenacity.wait_exponential(multiplier=self.backoff_s, min=0),
+                            lambda exc: isinstance(exc, _Transient), log)(once)
         except _Transient as exc:
             raise DataApiError(f"{url} failed after {self.retries + 1} attempts; last: {exc}") from exc
-        raise AssertionError("unreachable")
 
 
 class _Transient(Exception):

@@ -184,11 +184,8 @@ def connect(url: str, attempts: int = 30, delay_s: float = 1.0, **params) -> psy
     def transient(exc: BaseException) -> bool:
         return isinstance(exc, psycopg2.OperationalError) and not any(words in str(exc) for words in AUTH_REFUSED)
 
-    for attempt in retrying(f"database {_safe(url)} not reachable", attempts, tenacity.wait_fixed(delay_s),
-                            transient, log):
-        with attempt:
-            return psycopg2.connect(url, connect_timeout=10, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}", **params)
-    raise AssertionError("unreachable")
+    return retrying(f"database {_safe(url)} not reachable", attempts, tenacity.wait_fixed(delay_s), transient, log)(
+        psycopg2.connect, url, connect_timeout=10, options=f"-c lock_timeout={LOCK_TIMEOUT_MS}", **params)
 
 
 @contextmanager

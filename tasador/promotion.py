@@ -21,7 +21,7 @@ from psycopg2.extras import Json
 
 from tasador import db, faults, locks
 from tasador.models import price_metrics
-from tasador.registry import PRODUCTION, mlflow_client, production
+from tasador.registry import PRODUCTION, mlflow_client, production, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
 from tasador.training import load_dataset
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 def load_model(settings: Settings, version: str):
     import mlflow.sklearn
 
-    mlflow_client(settings)
-    return mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
+    with tracking_server(settings):
+        return mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
 
 
 def verdict(challenger: str, production: str | None, new_rmse: float, old_rmse: float | None, margin: float,

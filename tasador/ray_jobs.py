@@ -100,15 +100,12 @@ class JobsApi:
             return resp.json()
 
         try:
-            for attempt in retrying(f"Ray Jobs API {method} {path or '/'}", self.attempts,
-                                    tenacity.wait_incrementing(start=1, increment=1),
-                                    lambda exc: isinstance(exc, _Unavailable | requests.RequestException), log):
-                with attempt:
-                    return once()
+            return retrying(f"Ray Jobs API {method} {path or '/'}", self.attempts,
+                            tenacity.wait_incrementing(start=1, increment=1),
+                            lambda exc: isinstance(exc, _Unavailable | requests.RequestException), log)(once)
         except (_Unavailable, requests.RequestException) as exc:
             raise RuntimeError(f"Ray Jobs API {method} {path or '/'} failed {self.attempts} times: "
                                f"{type(exc).__name__}: {exc}") from exc
-        raise AssertionError("unreachable")
 
     def submit(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:
         body = {"entrypoint": entrypoint, "runtime_env": runtime_env, "submission_id": submission_id}

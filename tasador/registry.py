@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tasador.settings import MLFLOW_IDENTITY_FILE_ENV, Settings
@@ -38,15 +40,28 @@ class Production:
 
 
 def mlflow_client(settings: Settings):
-    """A client of this settings' server, this process's MLflow calls (the client's and the library's:
-    ``mlflow.start_run``, ``load_model``) authenticated as the settings' identity (mlflow_auth)."""
-    import mlflow
+    """A client of this settings' server, this process's MLflow calls authenticated as the settings'
+    identity (mlflow_auth). MLflow's global tracking URI is left alone: see ``tracking_server``."""
     from mlflow import MlflowClient
 
     use_identity(settings.mlflow_credentials_path.resolve())
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
+
+
+@contextmanager
+def tracking_server(settings: Settings) -> Iterator:
+    """MLflow's module-level API (``mlflow.start_run``, ``log_model``, ``register_model``, loading a
+    ``models:/`` URI) on this settings' server for the block, the previous tracking URI restored after
+    it (the registry URI follows the tracking URI when unset). Yields the settings' client."""
+    import mlflow
+
+    client = mlflow_client(settings)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    try:
+        yield client
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def production_version(client, model_name: str) -> str | None:

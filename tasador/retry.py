@@ -12,7 +12,7 @@ import tenacity
 
 def retrying(what: str, attempts: int, wait: tenacity.wait.wait_base, transient: Callable[[BaseException], bool],
              log: logging.Logger) -> tenacity.Retrying:
-    """``for attempt in retrying(...): with attempt: ...``, logging each retry of ``what``."""
+    """``retrying(...)(function, *args)`` calls ``function`` until it returns, logging each retry of ``what``."""
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         log.warning("%s: %s; retry %d/%d in %.1fs", what, state.outcome.exception(), state.attempt_number,

@@ -28,7 +28,7 @@ from tasador import db, faults
 from tasador.cleaning import split_key
 from tasador.features import ListingFeatures, PriceModel
 from tasador.models import STEPS, price_metrics, trials
-from tasador.registry import mlflow_client
+from tasador.registry import mlflow_client, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
 
@@ -176,9 +176,7 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
         raise ValueError(f"not enough clean rows to train on ({len(ds.frame)} in batches {ds.batch_ids}): "
                          "ingest and process a batch first")
     features, arrays = prepare(ds)
-    client = mlflow_client(settings)
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.mlflow_experiment)
+    experiment_id = experiment(settings)
     lineage = {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame)),
                "train_rows": str(int(ds.train.sum())),
                "validation_rows": str(int(ds.validation.sum())), "test_rows": str(int(ds.test.sum())),
@@ -188,8 +186,8 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
         lineage.update(training_id=str(training_id), decision_batch_ids=json.dumps(covers or []))
     name = f"train-{trigger['batch_id']}-{int(time.time())}"
     skip = ("xgboost",) if settings.xgb_distributed and "xgboost" in {c["family"] for c in searched(settings)} else ()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"training-batch-{trigger['batch_id']}",
-                          tags=lineage) as parent:
+    with tracking_server(settings), mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"training-batch-{trigger['batch_id']}", tags=lineage) as parent:
         results, run_ids = tune_families(settings, arrays, parent.info.run_id, experiment_id, name, skip=skip)
         failed = [str(r.error)[:300] for r in results if r.error is not None]
         candidates = [_from_tune(r, run_ids) for r in results if r.error is None and r.metrics]
@@ -219,6 +217,22 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
             "xgboost_distributed": settings.xgb_distributed, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def experiment(settings: Settings) -> str:
+    """The id of the settings' MLflow experiment, created when missing."""
+    client = mlflow_client(settings)
+    found = client.get_experiment_by_name(settings.mlflow_experiment)
+    return found.experiment_id if found else client.create_experiment(settings.mlflow_experiment)
+
+
+def empty_run(settings: Settings, run_name: str) -> str:
+    """A finished run with nothing logged, to register a model built outside ``train`` under (tests and
+    benchmarks: a deliberately bad or tiny model)."""
+    import mlflow
+
+    with tracking_server(settings), mlflow.start_run(experiment_id=experiment(settings), run_name=run_name) as run:
+        return run.info.run_id
+
+
 def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, test: dict, params: dict,
              lineage: dict) -> str:
     """Log the whole pipeline under the best trial's run and register it as a new version, tagged."""
@@ -230,17 +244,18 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
     example = ds.frame[ds.test][list(FEATURES)].head(5)
     sample = ds.frame[ds.test][list(FEATURES)].head(2000)
     importance = explain.global_importance(model, sample)
-    mlflow_client(settings)  # this settings' server, whatever this process talked to before
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.sklearn.log_model(
-            model, name="model", input_example=example, signature=infer_signature(example, model.predict(example)),
-            code_paths=[str(PACKAGE_DIR)], serialization_format="cloudpickle")
-        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
-        mlflow.log_dict(importance, "shap_importance.json")
     tags = {**lineage, "family": model.family, "params": json.dumps(params), "metrics": json.dumps(test),
             **{f"metric_{k}": f"{v:.6g}" for k, v in test.items()}, "shap_importance": json.dumps(importance)}
-    # the version and all its tags (the training_id among them) in one request: a version is never
-    # without the tag that lets a re-run after a crash find it
-    registered = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
+    with tracking_server(settings):
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.sklearn.log_model(
+                model, name="model", input_example=example,
+                signature=infer_signature(example, model.predict(example)),
+                code_paths=[str(PACKAGE_DIR)], serialization_format="cloudpickle")
+            mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+            mlflow.log_dict(importance, "shap_importance.json")
+        # the version and all its tags (the training_id among them) in one request: a version is never
+        # without the tag that lets a re-run after a crash find it
+        registered = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
     return str(registered.version)
 

@@ -27,18 +27,13 @@ def listings(frame) -> list[dict]:
 
 
 def register_ridge(s, ds, arrays, features, alpha: float) -> str:
-    import mlflow
 
     model = PriceModel(features, make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(
         arrays["X_train"], arrays["y_train"]), "ridge")
-    client = registry.mlflow_client(s)
-    experiment = client.get_experiment_by_name(s.mlflow_experiment) or client.get_experiment(
-        client.create_experiment(s.mlflow_experiment))
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"serve-test-ridge-{alpha}") as run_:
-        pass
     pred = model.predict_log(ds.frame[ds.test][list(FEATURES)])
     rmse = float(np.sqrt(np.mean((np.exp(pred) - ds.frame[ds.test]["price"].to_numpy()) ** 2)))
-    return training.register(s, model, run_.info.run_id, ds, {"rmse": rmse}, {"alpha": alpha},
+    return training.register(s, model, training.empty_run(s, f"serve-test-ridge-{alpha}"), ds,
+                             {"rmse": rmse}, {"alpha": alpha},
                              {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame))})
 
 

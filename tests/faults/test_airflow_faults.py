@@ -18,7 +18,7 @@ GROUP = 4242
 
 
 def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(fault_stack, tmp_path):
-    from cluster import demo
+    from cli import demo
 
     s = faults.with_scheduler(fault_stack.replace(group=GROUP, day="Monday", model_name="faults-airflow",
                                                   train_families="ridge", fault_dir=str(tmp_path)))

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         _print(report)
         sys.exit(0 if all(c["state"] == "running" for c in report.values()) else 1)
     elif args.command == "demo":
-        from cluster import demo
+        from cli import demo
 
         sys.exit(demo.run(settings, scale))
 
