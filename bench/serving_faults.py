@@ -188,15 +188,20 @@ def kill_price_api_replica(lab: ServingLab) -> dict:
     predictions the killed replica had not written were answered within one flush interval of the kill."""
     with lab.load("kill-price-api", seconds=120) as result:
         time.sleep(5)
-        victim = lab.replica_pids("PriceApi")[0]
+        before = lab.replica_pids("PriceApi")
+        victim = before[0]
         killed_at = time.time()
         os.kill(victim, signal.SIGKILL)
         back_s = lab.wait_replicas_replaced("PriceApi", victim, 2)
+        # where the time went: until Serve started the replacement's process, then its start-up
+        spawned_s = [round(psutil.Process(pid).create_time() - killed_at, 2)
+                     for pid in set(lab.replica_pids("PriceApi")) - set(before) if psutil.pid_exists(pid)]
         time.sleep(10)  # load on the new replica too
     figures = lab.account(result)
     answered_at = {i: r[0] + r[1] for r in result["requests"] if r[2] == 200 for i in r[4]}
     oldest = min((answered_at[i] for i in figures.pop("lost_ids")), default=killed_at)
-    figures.update(capacity_back_s=round(back_s, 2), lost_window_s=round(killed_at - oldest, 3))
+    figures.update(capacity_back_s=round(back_s, 2), replacement_spawned_s=spawned_s[0] if spawned_s else None,
+                   lost_window_s=round(killed_at - oldest, 3))
     figures["within"] = (figures["failed_pct"] <= 0.1 and back_s <= 10
                          and figures["lost_window_s"] <= 2 * LOG_FLUSH_S and figures["log_duplicated"] == 0)
     figures["bounds"] = "errors <= 0.1%, capacity back <= 10 s, lost rows answered within 2 flush intervals"

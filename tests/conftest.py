@@ -3,14 +3,14 @@ HTTP) in a temporary state dir, on free loopback ports, started by the same code
 
 from __future__ import annotations
 
-import os
 import zlib
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from cluster import processes, stack
+from cluster import postgres, processes, stack
+from tasador import db
 from tasador.ray_jobs import use_cluster_auth
 from tasador.settings import Settings
 
@@ -43,14 +43,34 @@ def fresh_settings(tmp: Path, **changes) -> Settings:
 def settings(tmp_path_factory) -> Settings:
     tmp = tmp_path_factory.mktemp("stack")
     s = fresh_settings(tmp)
-    # the jobs this session submits read the same settings
-    os.environ.update(s.as_env())
     try:
         stack.up(s)
         use_cluster_auth(s)
         yield s
     finally:
         stack.down(s, discard=True)
+
+
+def own_data(settings: Settings, name: str) -> Settings:
+    """``settings`` with raw and clean databases, a registered model and an MLflow experiment of ``name``'s
+    own, on the session's stack: what one test module ingests, trains and promotes is invisible to the
+    others, whatever order they run in."""
+    for database in (f"raw_{name}", f"clean_{name}"):
+        postgres.create_database(settings, database)
+    own = settings.replace(raw_db_url=settings.pg_url(f"raw_{name}"), clean_db_url=settings.pg_url(f"clean_{name}"),
+                           model_name=f"tasador-price-{name}", mlflow_experiment=f"tasador-{name}")
+    db.create_all_tables(own)
+    return own
+
+
+def module_data():
+    """A module's ``settings = module_data()``: the session's stack with this module's own data (own_data)."""
+
+    @pytest.fixture(scope="module", name="settings")
+    def settings_with_own_data(settings, request) -> Settings:
+        return own_data(settings, request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
+
+    return settings_with_own_data
 
 
 @pytest.fixture()

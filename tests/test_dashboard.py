@@ -20,7 +20,10 @@ import requests
 from cluster import processes
 from tasador import ray_jobs
 from tasador.promotion import promote
+from tests.conftest import module_data
 from tests.serving import listings, register_ridge, serving_model
+
+settings = module_data()  # this module's own databases, model and experiment
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")

@@ -12,6 +12,9 @@ import pytest
 from cluster import processes, ray_head
 from tasador import distributed_xgb, ray_jobs, training
 from tasador.models import price_metrics, trials
+from tests.conftest import module_data
+
+settings = module_data()  # this module's own databases, model and experiment
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tasador.schema import STATES, STATUSES
+from tests.conftest import module_data
 from tests.serving import listings, serving_model
+
+settings = module_data()  # this module's own databases, model and experiment
 
 GROUP = 56
 MIN_CASES = 2_000

@@ -13,7 +13,9 @@ import pytest
 from bench.fault_proxy import FaultProxy
 from data_api.plan import PLAN, batch_order, scaled_rows
 from tasador import ray_jobs
-from tests.conftest import REPO, TEST_SCALE
+from tests.conftest import REPO, TEST_SCALE, module_data
+
+settings = module_data()  # this module's own databases, model and experiment
 
 
 def ingest(settings, group, day="Monday", **changes):
@@ -141,7 +143,7 @@ def test_job_killed_mid_batch_leaves_nothing(settings, raw, group):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the dead client's backend aborts its transaction
         with raw.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'raw_data'"
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                         " AND pid <> pg_backend_pid() AND state <> 'idle'")
             if cur.fetchone()[0] == 0:
                 break

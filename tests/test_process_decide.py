@@ -8,6 +8,9 @@ import pytest
 from data_api.plan import PLAN, batch_order
 from tasador import decisions, ray_jobs
 from tasador.registry import Production
+from tests.conftest import module_data
+
+settings = module_data()  # this module's own databases, model and experiment
 
 
 def run(settings, job, group, day="Monday"):

@@ -13,7 +13,9 @@ import requests
 
 from cluster import postgres, prometheus, serve, stack
 from tasador import mlflow_auth, ray_jobs
-from tests.conftest import REPO
+from tests.conftest import REPO, module_data
+
+settings = module_data()  # this module's own databases, model and experiment
 
 
 def _tcp(settings, user: str, **params) -> str:

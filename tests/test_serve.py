@@ -26,7 +26,10 @@ from serve_app.prediction_log import PredictionLog
 from tasador import registry
 from tasador.promotion import load_model
 from tasador.schema import FEATURES
+from tests.conftest import module_data
 from tests.serving import listings, register_ridge, serving_model, set_production, until_every_replica, wait_for_version
+
+settings = module_data()  # this module's own databases, model and experiment
 
 GROUP = 55
 

@@ -23,6 +23,9 @@ from tasador import ray_jobs, registry, training
 from tasador.features import PriceModel
 from tasador.promotion import load_model, promote
 from tasador.schema import FEATURES
+from tests.conftest import module_data
+
+settings = module_data()  # this module's own databases, model and experiment
 
 GROUP = 88
 
@@ -98,13 +101,9 @@ def test_a_worse_challenger_is_rejected_with_its_reason(settings, trained):
     features, arrays = training.prepare(ds)
     flat = make_pipeline(StandardScaler(), Ridge(alpha=1e9)).fit(arrays["X_train"], arrays["y_train"])
     worse = PriceModel(features, flat, "ridge")  # regularised to a near-constant price
-    import mlflow
-
     client = registry.mlflow_client(settings)
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="constant-model") as run_:
-        pass
-    version = training.register(settings, worse, run_.info.run_id, ds, {"rmse": 0.0}, {"alpha": 1e9},
+    version = training.register(settings, worse, training.empty_run(settings, "constant-model"), ds,
+                                {"rmse": 0.0}, {"alpha": 1e9},
                                 {"batch_ids": "[]", "trigger_reason": "test: a worse model"})
     outcome = promote(settings, version)
     assert outcome["status"] == "rejected"
@@ -158,7 +157,8 @@ def test_s3_artifacts_round_trip_through_an_s3_compatible_server(settings, train
             "s3", endpoint_url=s3.mlflow_s3_endpoint_url).list_buckets()["Buckets"]]
         model = load_model(settings, trained[0]["version"])
         ds = training.load_dataset(settings)
-        version = training.register(s3, model, _new_run(s3), ds, {"rmse": 1.0}, {}, {"batch_ids": "[]"})
+        version = training.register(s3, model, training.empty_run(s3, "s3-artifacts"), ds, {"rmse": 1.0}, {},
+                                    {"batch_ids": "[]"})
         keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3.mlflow_s3_endpoint_url).list_objects_v2(
             Bucket="tasador-models")["Contents"]]
         assert any(k.endswith("model.pkl") for k in keys)
@@ -170,14 +170,3 @@ def test_s3_artifacts_round_trip_through_an_s3_compatible_server(settings, train
         if pid:
             processes.stop_pid(pid)
         processes.stop_pid(moto.pid)
-        registry.mlflow_client(settings)  # point mlflow back at the session's server
-
-
-def _new_run(s) -> str:
-    import mlflow
-
-    client = registry.mlflow_client(s)
-    experiment = client.get_experiment_by_name(s.mlflow_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(s.mlflow_experiment)
-    with mlflow.start_run(experiment_id=experiment_id) as run_:
-        return run_.info.run_id
