@@ -6,7 +6,7 @@
 One private stack (PostgreSQL, MLflow, Ray head with the Serve app, the data API at 2% scale), a Ridge
 version in production. Each scenario sends its listings with its own broker id, so the rows it
 logged are found by that id and compared with the prediction ids its clients were answered. The
-tests in ``tests/faults/test_serving_faults.py`` run the same scenarios and assert the same bounds.
+tests in ``tests/serving_faults/test_serving_faults.py`` run the same scenarios and assert the same bounds.
 Prints a table, then one JSON line: ``scenarios``, ``within_bounds`` and one object per scenario.
 """
 
@@ -194,13 +194,16 @@ def kill_price_api_replica(lab: ServingLab) -> dict:
         os.kill(victim, signal.SIGKILL)
         back_s = lab.wait_replicas_replaced("PriceApi", victim, 2)
         # where the time went: until Serve started the replacement's process, then its start-up
-        spawned_s = [round(psutil.Process(pid).create_time() - killed_at, 2)
-                     for pid in set(lab.replica_pids("PriceApi")) - set(before) if psutil.pid_exists(pid)]
+        new = set(lab.replica_pids("PriceApi")) - set(before)
+        spawned_s = [round(psutil.Process(pid).create_time() - killed_at, 2) for pid in new if psutil.pid_exists(pid)]
+        startup = next((h["replica"] for h in lab.healths(8) if h.get("replica", {}).get("pid") in new), {})
         time.sleep(10)  # load on the new replica too
     figures = lab.account(result)
     answered_at = {i: r[0] + r[1] for r in result["requests"] if r[2] == 200 for i in r[4]}
     oldest = min((answered_at[i] for i in figures.pop("lost_ids")), default=killed_at)
     figures.update(capacity_back_s=round(back_s, 2), replacement_spawned_s=spawned_s[0] if spawned_s else None,
+                   replacement_before_constructor_s=startup.get("before_constructor_s"),
+                   replacement_constructor_s=startup.get("constructor_s"),
                    lost_window_s=round(killed_at - oldest, 3))
     figures["within"] = (figures["failed_pct"] <= 0.1 and back_s <= 10
                          and figures["lost_window_s"] <= 2 * LOG_FLUSH_S and figures["log_duplicated"] == 0)

@@ -22,10 +22,12 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -141,11 +143,18 @@ class PricingReplica:
     asks for, and the graceful stop that writes the log."""
 
     def _start(self, loader_factory) -> None:
+        began = time.time()
         self.settings = Settings.load()
         self.model = ProductionModel(self.settings, loader_factory)
         self.metrics = metrics.ApiMetrics()
         self.prediction_log = PredictionLog(self.settings, on_logged=self.metrics.logged.inc,
                                             on_lost=self.metrics.lost.inc)
+        # where a replica's start-up went (a replacement's time to serve): the process before the
+        # constructor (worker start, imports), then the constructor (settings, model, log)
+        process_started = psutil.Process().create_time()
+        self.startup = {"pid": os.getpid(), "before_constructor_s": round(began - process_started, 2),
+                        "constructor_s": round(time.time() - began, 2)}
+        log.info("replica started: %s", self.startup)
 
     async def check_health(self):
         """Serve calls this on the replica's event loop (a wedged loop times it out) and replaces the
@@ -309,7 +318,7 @@ class PriceApi(PricingReplica):
         body = {"status": status, "problems": problems, "model_version": model["version"] if model else None,
                 "registry": registry, "database": {"status": log["database"],
                                                    "unreachable_for_s": log["unreachable_for_s"]},
-                "prediction_log": log, "last_error": info["last_error"]}
+                "prediction_log": log, "last_error": info["last_error"], "replica": self.startup}
         return self._done("/health", started, 200 if model else 503, body)
 
     @api.post("/admin/reload", summary="Check the production alias now (admin token)")

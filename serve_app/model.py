@@ -139,6 +139,7 @@ class ProductionModel:
         self.registry_error: str | None = None
         self.registry_read_at = time.time()  # the last successful read of the alias
         self._failed: dict[str, float] = {}  # version -> when it last failed
+        self.loading: str | None = None  # the version being loaded and checked, if any
         self._lock = threading.Lock()
         self._wake = threading.Event()
         try:
@@ -177,6 +178,7 @@ class ProductionModel:
             if failed_at is not None and time.time() - failed_at < RETRY_FAILED_S:
                 return {"status": "refused", "version": current, "production": wanted, "error": self.last_error}
             started = time.perf_counter()
+            self.loading = wanted
             try:
                 loaded = self.loader.load(wanted)
                 check_model(loaded)
@@ -187,6 +189,8 @@ class ProductionModel:
                 self.metrics.load_failures.inc(tags={"version": str(wanted)})
                 log.error("production version %s refused, still serving %s: %s", wanted, current, exc)
                 return {"status": "refused", "version": current, "production": wanted, "error": self.last_error}
+            finally:
+                self.loading = None
             loaded.info["loaded_at"] = time.time()
             loaded.info["load_seconds"] = round(time.perf_counter() - started, 3)
             self.current = loaded  # the swap: one reference assignment; in-flight batches keep the old one
@@ -199,10 +203,12 @@ class ProductionModel:
 
     def alive(self) -> bool:
         """False when the replica should be replaced: the thread that follows the alias died, or there is
-        a production version (the registry answered) and none is loaded, none refused."""
+        a production version (the registry answered) and none is loaded, loading or refused. (A replica's
+        first load takes seconds: failing Serve's health check meanwhile had it replaced mid-load.)"""
         if not self._thread.is_alive():
             return False
-        return not (self.current is None and self.production is not None and self.production not in self._failed)
+        return not (self.current is None and self.production is not None and self.production not in self._failed
+                    and self.loading is None)
 
     def registry_status(self) -> dict:
         """The registry as this replica sees it: unreachable since a read failed, or since the last

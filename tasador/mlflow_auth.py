@@ -13,6 +13,7 @@ environment, a Serve config or a command line. Without the file (a KubeRay pod),
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -41,7 +42,14 @@ class FileCredentials(RequestAuthProvider):
         return PROVIDER
 
     def get_auth(self):
-        from tasador.settings import Settings
-
-        path = Path(os.environ.get(IDENTITY_FILE_ENV) or Settings.load().mlflow_credentials_path)
+        path = Path(os.environ.get(IDENTITY_FILE_ENV) or _settings_identity_file())
         return HTTPBasicAuth(*read(path)) if path.is_file() else None
+
+
+@functools.cache
+def _settings_identity_file() -> Path:
+    """The settings' identity file, resolved once per process: ``Settings.load()`` costs about 3 ms
+    (validation, reading .env), too much for every MLflow request of a Tune worker."""
+    from tasador.settings import Settings
+
+    return Settings.load().mlflow_credentials_path

@@ -3,7 +3,10 @@ HTTP) in a temporary state dir, on free loopback ports, started by the same code
 
 from __future__ import annotations
 
+import os
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -37,6 +40,24 @@ def fresh_settings(tmp: Path, **changes) -> Settings:
     # at 2% of the plan the mixed $300k-$500k batch has 6,414 rows: the minimum scales down with it
     return stack.isolated_settings(str(tmp / "state"), data_api_scale=TEST_SCALE, data_api_backoff_s=0.2,
                                    retrain_min_rows=1_000, airflow_server=False, **changes)
+
+
+@contextmanager
+def own_stack(s: Settings) -> Iterator[Settings]:
+    """A stack of the fault suite's own (training components) with this process's Ray clients on its
+    token, put back afterwards: this stack's token must not become the session stack's
+    (``use_cluster_auth`` keeps a token already set)."""
+    saved = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    try:
+        stack.up(s, only=stack.TRAINING)
+        use_cluster_auth(s)
+        yield s
+    finally:
+        stack.down(s, discard=True)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        else:
+            os.environ["RAY_AUTH_TOKEN_PATH"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,9 @@ replica serves the registry's versions."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -138,3 +141,38 @@ def test_a_version_pricing_nan_is_refused_and_the_working_one_keeps_serving(serv
         loader.production = "1"
         production.refresh()
 
+
+
+class GatedLoader(FixedVersions):
+    """Holds every load until ``release`` is set: a replica's first load, which takes seconds."""
+
+    def __init__(self, versions: dict[str, PriceModel], production: str | None):
+        super().__init__(versions, production)
+        self.release = threading.Event()
+
+    def load(self, version: str) -> LoadedModel:
+        assert self.release.wait(30)
+        return super().load(version)
+
+
+def test_a_replica_loading_its_first_version_passes_serves_health_check(served):
+    """Serve replaces a replica whose ``check_health`` fails three times in a row: a replica still
+    loading the registry's version must not fail it (it did, and was replaced mid-load), one that has
+    no model while the registry names one, and is not loading it, must."""
+    model = served["production"].current.model
+    loader = GatedLoader({"1": model}, None)
+    production = ProductionModel(Settings(serve_poll_s=3600), lambda _settings: loader)
+    assert production.current is None and production.alive()  # no version in the registry yet
+    loader.production = "1"
+    refresh = threading.Thread(target=production.refresh)
+    refresh.start()
+    deadline = time.monotonic() + 10
+    while production.loading != "1":
+        assert time.monotonic() < deadline, "the load never started"
+        time.sleep(0.01)
+    assert production.current is None and production.alive()  # loading: alive
+    loader.release.set()
+    refresh.join(30)
+    assert production.current.version == "1" and production.alive()
+    production.current, production.loading = None, None  # a model lost while the registry names one
+    assert not production.alive()
