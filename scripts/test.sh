@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TASADOR_BROWSER=1 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -p no:dash "$@"
+exec .venv/bin/python -m pytest -p no:dash --durations=20 "$@"  # the 20 slowest: where the run's time goes

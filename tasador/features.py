@@ -118,7 +118,9 @@ def source_feature(transformed_name: str) -> str:
 
 class PriceModel(RegressorMixin, BaseEstimator):
     """What is logged and served: the fitted feature pipeline and a regressor of log price; predicts
-    prices in dollars from the raw 11 features."""
+    prices in dollars from the raw 11 features. It stays in this module: every version in a registry
+    is a pickle that names ``tasador.features.PriceModel``, and moving the class would leave them
+    unloadable."""
 
     def __init__(self, features: ListingFeatures, regressor, family: str):
         self.features, self.regressor, self.family = features, regressor, family
