@@ -13,6 +13,11 @@ from contextlib import contextmanager
 from cluster import stack
 from tasador.settings import Settings
 
+# Load generators share this machine's 2 cores with the stack they measure (in production clients are
+# elsewhere): they run at the niceness Ray gives its workers (the replicas, and HAProxy under Serve's
+# proxy), so that they do not outrank what they measure.
+CLIENT_NICENESS = 15
+
 
 def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import requests
 
-from bench.common import parser, private_stack, report
+from bench.common import CLIENT_NICENESS, parser, private_stack, report
 from cluster import processes, ray_head
 from tasador import registry, training
 from tasador.features import PriceModel
@@ -40,7 +40,7 @@ wrk.body = io.open("{body}"):read("*a")
 """
 
 
-def wrk(url: str, body: str, connections: int, seconds: int) -> dict:
+def wrk(url: str, body: str, connections: int, seconds: int, niceness: int = 0) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         body_file, script = os.path.join(tmp, "body.json"), os.path.join(tmp, "post.lua")
         with open(body_file, "w") as f:
@@ -48,7 +48,8 @@ def wrk(url: str, body: str, connections: int, seconds: int) -> dict:
         with open(script, "w") as f:
             f.write(LUA.format(body=body_file))
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
-                              "-s", script, url], capture_output=True, text=True, check=True).stdout
+                              "-s", script, url], capture_output=True, text=True, check=True,
+                             preexec_fn=lambda: os.nice(niceness)).stdout
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         value, unit = float(m.group(1)), m.group(2)
@@ -146,12 +147,13 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}
 
 
-def hey(url: str, body_file: str, workers: int, rate: float, seconds: int) -> list[tuple[float, int]]:
-    """Paced load from ``hey`` (a separate process): ``rate`` req/s spread over ``workers``. Returns
-    (seconds, status) per request."""
+def hey(url: str, body_file: str, workers: int, rate: float, seconds: int, niceness: int = 0
+        ) -> list[tuple[float, int]]:
+    """Paced load from ``hey`` (a separate process, at ``niceness``): ``rate`` req/s spread over
+    ``workers``. Returns (seconds, status) per request."""
     out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:.3f}", "-m", "POST",
                           "-T", "application/json", "-D", body_file, "-t", "60", "-o", "csv", url],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, preexec_fn=lambda: os.nice(niceness)).stdout
     rows = []
     for line in out.splitlines()[1:]:
         parts = line.split(",")
@@ -169,14 +171,15 @@ def overload(settings, one: str, seconds: int) -> dict:
     then four times it: how fast the excess is refused (503 + Retry-After), the p99 of the accepted
     requests against the p99 at the sustainable rate, and the slowest request of all."""
     url = f"{settings.serve}/predict"
+    nice = CLIENT_NICENESS  # below what they measure (bench.common)
     # closed loop with as many connections as HAProxy lets reach the two replicas at once (more would
     # only be refused, and a closed loop re-sends a refusal at once): answered requests per second
-    saturated = wrk(url, one, 2 * settings.serve_replica_maxconn, seconds)["ok_req_s"]
+    saturated = wrk(url, one, 2 * settings.serve_replica_maxconn, seconds, nice)["ok_req_s"]
     rate = round(saturated / 2)
     with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
         body.write(one)
         body.flush()
-        calm = hey(url, body.name, 50, rate, seconds)
+        calm = hey(url, body.name, 50, rate, seconds, nice)
         retry_after: list[str | None] = []
 
         def probe():  # reads the headers of refused requests while the overload runs
@@ -189,7 +192,7 @@ def overload(settings, one: str, seconds: int) -> dict:
 
         prober = threading.Thread(target=probe)
         prober.start()
-        loaded = hey(url, body.name, 256, 4 * rate, seconds)
+        loaded = hey(url, body.name, 256, 4 * rate, seconds, nice)
         prober.join()
     ok = [t for t, code in calm if code == 200]
     accepted = [t for t, code in loaded if code == 200]

@@ -29,6 +29,7 @@ import psutil
 import psycopg2
 import requests
 
+from bench.common import CLIENT_NICENESS
 from cluster import mlflow_server, postgres, processes, serve
 from tasador import ray_jobs, registry, training
 from tasador.registry import PRODUCTION
@@ -40,7 +41,6 @@ LOG_FLUSH_S = 0.5  # the prediction log's flush interval in these scenarios (the
 # sustain on this 2-core machine (a fault under normal traffic, not at saturation, where the client
 # itself would take a core the replacement replica needs to start)
 CLIENTS, RATE = 8, 250.0
-RAY_WORKER_NICENESS = 15  # Ray's core workers lower their own priority to this
 
 
 @dataclass
@@ -101,9 +101,7 @@ class ServingLab:
         proc = subprocess.Popen([sys.executable, "-m", "bench.load", f"{self.s.serve}/predict", str(body), str(out),
                                  "--clients", str(clients), "--seconds", str(seconds), "--rate", str(rate),
                                  "--stop-file", str(stop)])
-        # the clients share this machine with the cluster they measure: at the niceness Ray gives its
-        # workers (15), they do not outrank the replicas (a replacement replica starting, above all)
-        psutil.Process(proc.pid).nice(RAY_WORKER_NICENESS)
+        psutil.Process(proc.pid).nice(CLIENT_NICENESS)  # below the replicas (a replacement starting, above all)
         result: dict = {"marker": marker}
         try:
             deadline = time.monotonic() + 30

@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 import requests
 
-from bench import serving_faults
+from bench.common import CLIENT_NICENESS
 from cluster import prometheus, serve
 from serve_app.app import prediction_ids
 from serve_app.model import RegistryLoader
@@ -223,9 +223,9 @@ def test_hot_swap_under_concurrent_load_fails_nothing(serving):
     results, stop = [], threading.Event()
 
     def client():
-        # the clients share the machine with the replicas they measure: at the niceness Ray gives its
-        # workers (15), as bench.serving_faults runs its load, they do not starve a replica's version load
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), serving_faults.RAY_WORKER_NICENESS)
+        # the clients share the machine with the replicas they measure (bench.common): below them, they
+        # do not starve a replica's version load
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLIENT_NICENESS)
         with requests.Session() as session:
             while not stop.is_set():
                 started = time.monotonic()
