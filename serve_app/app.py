@@ -316,8 +316,8 @@ class PriceApi(PricingReplica):
         problems = [p for p in problems if p]
         status = ("degraded" if problems else "ok") if model else "no_model"
         body = {"status": status, "problems": problems, "model_version": model["version"] if model else None,
-                "registry": registry, "database": {"status": log["database"],
-                                                   "unreachable_for_s": log["unreachable_for_s"]},
+                "model_load_seconds": model.get("load_seconds") if model else None, "registry": registry,
+                "database": {"status": log["database"], "unreachable_for_s": log["unreachable_for_s"]},
                 "prediction_log": log, "last_error": info["last_error"], "replica": self.startup}
         return self._done("/health", started, 200 if model else 503, body)
 

@@ -13,6 +13,7 @@ version that produced it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import logging
@@ -99,20 +100,23 @@ class RegistryLoader:
         if final.is_dir():
             return str(final)
         try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+            (root / ".locks").mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = open(root / ".locks" / final.name, "w")  # noqa: SIM115 (held across the download)
         except OSError as exc:
             log.warning("no model cache at %s (%s): loading %s from the registry", root, exc, uri)
             return uri
-        try:
-            downloaded = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging))
+        # one download per node: the node's other replicas (the other PriceApi, the explainer, the bulk
+        # pricer) wait for it instead of each fetching the same files from MLflow at the same moment
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if final.is_dir():
+                return str(final)
+            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
             try:
+                downloaded = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging))
                 os.rename(downloaded, final)
-            except OSError:  # another replica on this node published it first
-                if not final.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         for stale in sorted(root.glob("*-v*-*"), key=lambda p: p.stat().st_mtime)[:-MODEL_CACHE_KEEP]:
             shutil.rmtree(stale, ignore_errors=True)
         return str(final)

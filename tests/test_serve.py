@@ -244,6 +244,9 @@ def test_hot_swap_under_concurrent_load_fails_nothing(serving):
         moved = time.monotonic()
         set_production(s, v2)
         time.sleep(7)
+        # each replica's load of v2, for the message of a failure below
+        loads = {h["replica"]["pid"]: h.get("model_load_seconds")
+                 for h in (requests.get(f"{s.serve}/health", timeout=10).json() for _ in range(6)) if h.get("replica")}
     finally:
         stop.set()
         for t in threads:
@@ -254,7 +257,7 @@ def test_hot_swap_under_concurrent_load_fails_nothing(serving):
     assert not failed, failed[:5]
     assert {r[3] for r in results} == {serving["v1"], v2}
     first_new = min(r[0] + r[1] for r in results if r[3] == v2)
-    assert first_new - moved < 5.0
+    assert first_new - moved < 5.0, f"v{v2} first answered {first_new - moved:.2f} s after the move; {loads}"
     # every replica follows the alias on its own: every request sent 5 s after the move gets the new one
     late = [r for r in results if r[0] > moved + 5.0]
     assert late and all(r[3] == v2 for r in late)
@@ -286,7 +289,7 @@ def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(s
     s = serving["s"].replace(state_dir=str(tmp_path / "node"),  # another node's disk, the same identity
                              mlflow_credentials_file=str(serving["s"].mlflow_credentials_path))
     first = RegistryLoader(s).load(serving["v1"])
-    copies = list((tmp_path / "node" / "model-cache").iterdir())
+    copies = [c for c in (tmp_path / "node" / "model-cache").iterdir() if not c.name.startswith(".")]  # not .locks
     assert len(copies) == 1 and (copies[0] / "MLmodel").is_file(), copies
     artifacts = Path(serving["s"].mlflow_artifacts_destination.removeprefix("file://"))
     hidden = artifacts.with_name(artifacts.name + ".hidden")
