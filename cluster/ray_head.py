@@ -1,7 +1,8 @@
 """The local Ray head: ``ray start --head --block`` with token auth, explicit ports and temp dir.
 
 ``--block`` keeps one supervising process whose process group holds the head's daemons, so the
-stack stops exactly this cluster by that PID (never ``ray stop``, which stops every cluster).
+stack stops exactly this cluster by that PID (never ``ray stop``, which stops every cluster). The head
+runs it through ``cluster.ray_supervisor``, which restarts a dead dashboard instead of ending the node.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def ray_bin() -> str:
 def head_command(settings: Settings) -> list[str]:
     """Every port explicit: the GCS port and the 209 after it belong to this head (daemons, workers)."""
     p = settings.ray_gcs_port
-    cmd = [ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
+    cmd = [sys.executable, "-m", "cluster.ray_supervisor", "start", "--head", "--block", "--disable-usage-stats",
            "--node-ip-address", "127.0.0.1", "--port", str(p),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(settings.ray_dashboard_port),
            "--ray-client-server-port", str(settings.ray_client_port),

@@ -282,3 +282,23 @@ def test_every_tasador_variable_in_the_manifests_is_a_setting():
         names |= set(re.findall(r"\b(TASADOR_[A-Z0-9_]+)\b", path.read_text()))
     known = {PREFIX + name.upper() for name in Settings.model_fields} | NOT_SETTINGS.keys()
     assert names and names <= known, sorted(names - known)
+
+
+def test_every_ray_pod_runs_kuberays_start_command_through_the_supervisor():
+    """A dead dashboard is restarted, not the end of the node (cluster/ray_supervisor.py): with the
+    annotation, KubeRay keeps the container's command and hands it the generated ``ray start``."""
+    from cluster.ray_supervisor import ray_arguments
+
+    for cluster in by_kind("RayCluster") + by_kind("RayService"):
+        assert cluster["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+        ray_containers = [c for c in containers(cluster) if c["name"] in ("ray-head", "ray-worker")]
+        assert {c["name"] for c in ray_containers} == {"ray-head", "ray-worker"}
+        for container in ray_containers:
+            assert container["args"] == ["ulimit -n 65536; exec python -m cluster.ray_supervisor"]
+    generated = ("ray start --head --dashboard-host=0.0.0.0 --metrics-export-port=8080 --block "
+                 """--resources='{"serve": 1}' --labels='{"zone": "a b"}'""")
+    assert ray_arguments([], {"KUBERAY_GEN_RAY_START_CMD": generated}) == [
+        "start", "--head", "--dashboard-host=0.0.0.0", "--metrics-export-port=8080", "--block",
+        '--resources={"serve": 1}', '--labels={"zone": "a b"}']
+    with pytest.raises(SystemExit, match="not a `ray start` command"):
+        ray_arguments([], {})

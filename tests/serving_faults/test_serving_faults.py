@@ -18,9 +18,7 @@ from bench import serving_faults
 from cluster import postgres, ray_head, serve, stack
 from tests.conftest import fresh_settings, own_stack
 
-# kill_ray_dashboard is left to bench.serving_faults: it takes the whole Ray head down (`ray start --block`
-# ends the node when any of its processes dies; docs/reliability.md), which the stop test after needs
-SCENARIOS = [s for s in serving_faults.SCENARIOS if s.name != "kill_ray_dashboard"]
+SCENARIOS = list(serving_faults.SCENARIOS)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,70 @@
+"""``ray start --block`` whose supervision restarts a dead dashboard instead of ending the node.
+
+``ray start --block`` (``ray/scripts/scripts.py``) polls ``Node.dead_processes()`` every second and,
+when any daemon has exited with an unexpected code, kills every process of the node, Serve's replicas
+included. For the GCS or the raylet that is right (the node cannot work without them); for the
+dashboard (the Jobs and Serve REST APIs, the web UI) it turns a lost web process into lost
+predictions. Ray 2.60 has no option for it, so this entrypoint runs Ray's own CLI with one method
+wrapped: a dead dashboard is started again, the way the node started it (``Node.start_api_server``:
+same host, port, logs and GCS address) and is not reported as dead. Everything else, the ordered
+shutdown on SIGTERM included, is Ray's.
+
+Run as ``python -m cluster.ray_supervisor start --head --block ...`` (the arguments of ``ray``; the
+local stack), or with no arguments in a KubeRay pod, where it runs the ``ray start`` command KubeRay
+generated for the pod (``KUBERAY_GEN_RAY_START_CMD``, with the ``ray.io/overwrite-container-cmd``
+annotation; kuberay/rayservice.yaml). Ray is pinned to 2.60; ``tests/serving_faults`` kills the
+dashboard under load and fails if this wrapping stops working.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+from ray._private import ray_constants
+from ray._private.node import Node
+
+DASHBOARD = ray_constants.PROCESS_TYPE_DASHBOARD
+_ray_dead_processes = Node.dead_processes
+
+
+def dead_processes_restarting_dashboard(node: Node) -> list:
+    """Ray's list of dead daemons, after restarting a dead dashboard (which is then not in it)."""
+    dead = _ray_dead_processes(node)
+    if any(kind == DASHBOARD for kind, _ in dead):
+        code = next(p.returncode for kind, p in dead if kind == DASHBOARD)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} Ray's dashboard exited (code {code}); starting it again",
+              flush=True)
+        node.all_processes.pop(DASHBOARD, None)
+        node.start_api_server(include_dashboard=node._ray_params.include_dashboard, raise_on_failure=False)
+    return [(kind, p) for kind, p in dead if kind != DASHBOARD]
+
+
+KUBERAY_COMMAND_ENV = "KUBERAY_GEN_RAY_START_CMD"
+
+
+def ray_arguments(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The arguments for Ray's CLI: ``argv``, else KubeRay's generated command (a shell line, quoted
+    JSON included, which must be a ``ray start``)."""
+    if argv:
+        return argv
+    words = shlex.split(env.get(KUBERAY_COMMAND_ENV, ""))
+    if words[:2] != ["ray", "start"]:
+        raise SystemExit(f"cluster.ray_supervisor: no arguments, and {KUBERAY_COMMAND_ENV} is not a "
+                         f"`ray start` command: {' '.join(words[:2]) or 'unset'}")
+    return words[1:]
+
+
+def main() -> None:
+    arguments = ray_arguments(sys.argv[1:], dict(os.environ))
+    Node.dead_processes = dead_processes_restarting_dashboard
+    from ray.scripts.scripts import main as ray_main
+
+    sys.argv = ["ray", *arguments]
+    ray_main()
+
+
+if __name__ == "__main__":
+    main()
