@@ -181,14 +181,22 @@ def overload(settings, one: str, seconds: int) -> dict:
         body.flush()
         calm = hey(url, body.name, 50, rate, seconds, nice)
         retry_after: list[str | None] = []
+        probed: list[tuple[float, int]] = []
 
-        def probe():  # reads the headers of refused requests while the overload runs
+        def probe():
+            """One light client beside hey, in this process (niceness 0, one request at a time, 5 ms
+            apart): reads the headers of refused requests, and times its requests as a client that
+            does not share the server's cores would see them (hey's 256 workers at Ray's niceness
+            queue behind the replicas for the CPU, and their own run-queue wait is in hey's times)."""
             time.sleep(seconds / 3)
             with requests.Session() as s:
                 for _ in range(300):
+                    started = time.perf_counter()
                     r = s.post(url, data=one, headers={"Content-Type": "application/json"}, timeout=60)
+                    probed.append((time.perf_counter() - started, r.status_code))
                     if r.status_code == 503:
                         retry_after.append(r.headers.get("Retry-After"))
+                    time.sleep(0.005)
 
         prober = threading.Thread(target=probe)
         prober.start()
@@ -205,6 +213,8 @@ def overload(settings, one: str, seconds: int) -> dict:
             "overload_other_status": len(loaded) - len(accepted) - len(refused),
             "overload_slowest_ms": round(max(t for t, _ in loaded) * 1000, 1),
             "refused_with_retry_after": sum(1 for h in retry_after if h), "refused_probed": len(retry_after),
+            "probe_refused_p99_ms": p99_ms([t for t, code in probed if code == 503]),
+            "probe_accepted_p99_ms": p99_ms([t for t, code in probed if code == 200]),
             "accepted_p99_ratio": round(p99_ms(accepted) / p99_ms(ok), 2) if ok and accepted else None}
 
 

@@ -39,15 +39,14 @@ def temp_dir(settings: Settings) -> Path:
     return Path("/tmp") / f"tasador-ray-{hashlib.sha1(str(settings.state_path).encode()).hexdigest()[:10]}"
 
 
-def ray_bin() -> str:
-    local = Path(sys.executable).parent / "ray"
-    return str(local) if local.exists() else (shutil.which("ray") or "ray")
+# Ray's CLI, through the supervisor that restarts a dead dashboard instead of ending the node
+RAY_CLI = [sys.executable, "-m", "cluster.ray_supervisor"]
 
 
 def head_command(settings: Settings) -> list[str]:
     """Every port explicit: the GCS port and the 209 after it belong to this head (daemons, workers)."""
     p = settings.ray_gcs_port
-    cmd = [sys.executable, "-m", "cluster.ray_supervisor", "start", "--head", "--block", "--disable-usage-stats",
+    cmd = [*RAY_CLI, "start", "--head", "--block", "--disable-usage-stats",
            "--node-ip-address", "127.0.0.1", "--port", str(p),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(settings.ray_dashboard_port),
            "--ray-client-server-port", str(settings.ray_client_port),
@@ -167,7 +166,7 @@ def worker_command(settings: Settings, index: int, num_cpus: int) -> list[str]:
     """A worker node joining a ``multi_node`` head, on this machine: its own block of ports after the
     head's."""
     p = settings.ray_gcs_port + 210 * (index + 1)
-    return [ray_bin(), "start", "--block", "--disable-usage-stats", "--address", f"127.0.0.1:{settings.ray_gcs_port}",
+    return [*RAY_CLI, "start", "--block", "--disable-usage-stats", "--address", f"127.0.0.1:{settings.ray_gcs_port}",
             "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
             "--node-manager-port", str(p + 1), "--object-manager-port", str(p + 2),
             "--dashboard-agent-listen-port", str(p + 3), "--dashboard-agent-grpc-port", str(p + 4),

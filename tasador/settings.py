@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     # refused at once, and none waits past serve_queue_timeout_ms (0: no such limit, Ray's defaults)
     serve_replica_maxconn: int = 16
     serve_queue_max: int = 48
-    serve_queue_timeout_ms: int = 200
+    serve_queue_timeout_ms: int = 80
     # Prometheus (started by the stack when its binary is present) and the Dash app
     prometheus_port: int = 9090
     prometheus_url: str = ""  # empty: the local server
