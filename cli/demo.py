@@ -110,13 +110,17 @@ def table(rows: list[dict]) -> str:
 
 
 def urls(settings: Settings) -> str:
+    """Every URL, and where its login is (the values stay in their 0600 files)."""
+    airflow_login = (f"  (user {airflow.AIRFLOW_USER}, password in {airflow.login_file(settings)})"
+                     if airflow.available() else " (not set up)")
     return "\n".join([
         f"Predict API:   {settings.serve}/predict  (docs: {settings.serve}/docs)",
         f"Dash app:      http://127.0.0.1:{settings.dash_port}",
-        f"Ray dashboard: {settings.ray_dashboard}",
+        f"Ray dashboard: {settings.ray_dashboard}  (token in {ray_jobs.token_path(settings)})",
         f"Prometheus:    {settings.prometheus}",
-        f"Airflow:       http://127.0.0.1:{settings.airflow_port}" + ("" if airflow.available() else " (not set up)"),
-        f"MLflow:        {settings.mlflow_uri}",
+        f"Airflow:       http://127.0.0.1:{settings.airflow_port}{airflow_login}",
+        f"MLflow:        {settings.mlflow_uri}  (user:password in {settings.mlflow_identity_path('reader')}; "
+        f"writer, admin beside it)",
         f"Data API:      {settings.data_api}",
         f"PostgreSQL:    {settings.pg_host}:{settings.pg_port} (raw_data, clean_data, mlflow; "
         f"password in {settings.pg_passfile_path})",

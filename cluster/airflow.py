@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 from psycopg2 import sql
 
 from cluster import postgres, processes
-from tasador import db
+from tasador import db, secret_files
 from tasador.ray_jobs import auth_env
 from tasador.settings import Settings
 
@@ -34,10 +35,29 @@ def available() -> bool:
     return (VENV / "bin" / "airflow").exists()
 
 
+AIRFLOW_USER = "admin"  # the simple auth manager's one user, with the admin role
+
+
+def login_file(settings: Settings) -> Path:
+    """The Airflow UI/API login: the simple auth manager reads its users' passwords from this JSON
+    file (``{"admin": password}``), which ``env`` creates."""
+    return settings.state_path / "secrets" / f"{settings.airflow_instance}-passwords.json"
+
+
+def _ensure_login(settings: Settings) -> Path:
+    """Create the login file here (0600, a generated password), so Airflow finds its user there and
+    neither generates a password into a world-readable file in its home (0644) nor prints it to its log."""
+    path = login_file(settings)
+    secret_files.ensure(path, lambda: json.dumps({AIRFLOW_USER: secrets.token_urlsafe(24)}))
+    return path
+
+
 def env(settings: Settings) -> dict[str, str]:
     home = settings.state_path / settings.airflow_instance
     home.mkdir(parents=True, exist_ok=True)
     return {**settings.as_env(), **auth_env(settings), "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_ensure_login(settings)),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "airflow_dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
