@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,20 +49,27 @@ def mlflow_client(settings: Settings):
     return MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
 
 
+# MLflow's tracking URI is one per process: blocks that set it run one at a time (re-entrant: a block
+# may call code that opens its own)
+_TRACKING_URI = threading.RLock()
+
+
 @contextmanager
 def tracking_server(settings: Settings) -> Iterator:
     """MLflow's module-level API (``mlflow.start_run``, ``log_model``, ``register_model``, loading a
     ``models:/`` URI) on this settings' server for the block, the previous tracking URI restored after
-    it (the registry URI follows the tracking URI when unset). Yields the settings' client."""
+    it (the registry URI follows the tracking URI when unset). Another thread's block waits for this
+    one, so neither runs against the other's server. Yields the settings' client."""
     import mlflow
 
-    client = mlflow_client(settings)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    try:
-        yield client
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with _TRACKING_URI:
+        client = mlflow_client(settings)
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(settings.mlflow_uri)
+        try:
+            yield client
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 def production_version(client, model_name: str) -> str | None:

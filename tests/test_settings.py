@@ -78,3 +78,39 @@ def test_dotenv_is_parsed_like_a_dotenv_file(tmp_path):
                       "TASADOR_DATA_API_URL='http://api.example:80'\n")
     s = Settings.load(env={}, dotenv=dotenv)
     assert (s.group, s.day, s.data_api) == (4, "Monday", "http://api.example:80")
+
+
+def test_tracking_server_blocks_of_two_threads_never_see_each_others_server():
+    """MLflow's tracking URI is process-wide: a thread inside ``tracking_server`` keeps its server
+    while another thread's block (another server) waits; each URI is restored after."""
+    import threading
+
+    import mlflow
+
+    from tasador.registry import tracking_server
+
+    before = mlflow.get_tracking_uri()
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    inside = {"a": threading.Event(), "b": threading.Event()}
+    a_has_read = threading.Event()
+
+    def block(name: str, port: int) -> None:
+        with tracking_server(Settings().replace(mlflow_port=port)):
+            inside[name].set()
+            if name == "a":  # b gets in now only if nothing keeps it out
+                inside["b"].wait(1)
+                seen["a"].append(mlflow.get_tracking_uri())
+                a_has_read.set()
+            else:
+                a_has_read.wait(5)
+                seen["b"].append(mlflow.get_tracking_uri())
+
+    a = threading.Thread(target=block, args=("a", 5101))
+    a.start()
+    assert inside["a"].wait(5)
+    b = threading.Thread(target=block, args=("b", 5102))
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert seen == {"a": ["http://127.0.0.1:5101"], "b": ["http://127.0.0.1:5102"]}
+    assert mlflow.get_tracking_uri() == before
