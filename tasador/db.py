@@ -264,6 +264,27 @@ def copy_out_csv(cur, query: sql.Composable) -> str:
     return buf.getvalue()
 
 
+def read_arrow(url: str, query: str, attempts: int = 30, delay_s: float = 1.0):
+    """The rows of ``query`` as an Arrow table, read by ADBC's PostgreSQL driver: PostgreSQL's binary
+    COPY decoded in C++, no CSV text and no Python object per value. ``query`` is SQL text rendered by
+    psycopg2 (``sql.Composable.as_string``: identifiers and literals quoted there). Connecting is
+    retried while the server is starting or restarting, as ``connect`` does."""
+    import adbc_driver_manager
+    import adbc_driver_postgresql.dbapi as adbc
+
+    def fetch():
+        with adbc.connect(url) as conn, conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetch_arrow_table()
+
+    def transient(exc: BaseException) -> bool:
+        return (isinstance(exc, adbc_driver_manager.OperationalError)
+                and not any(words in str(exc) for words in AUTH_REFUSED))
+
+    return retrying(f"database {_safe(url)} not reachable", attempts, tenacity.wait_fixed(delay_s), transient,
+                    log)(fetch)
+
+
 def identifiers(names: Iterable[str]) -> sql.Composable:
     """``a, b, c`` as quoted SQL identifiers."""
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)

@@ -55,7 +55,7 @@ def judge(settings: Settings, challenger: str) -> dict:
     if current and current.version == challenger:
         return {"verdict": "promoted", "previous_production": challenger, "scores": {},
                 "reason": f"v{challenger} already holds the {PRODUCTION} alias"}
-    ds = load_dataset(settings)
+    ds = load_dataset(settings, held_out_only=True)
     held_out = ds.frame[ds.test]
     y_log = np.log(held_out["price"].to_numpy(dtype=float))
     X = held_out[list(FEATURES)]

@@ -83,6 +83,32 @@ def test_held_out_rows_never_share_a_property_with_training(settings, trained):
     assert ds.train.sum() + ds.validation.sum() + ds.test.sum() == len(ds.frame)
 
 
+def test_rows_read_as_arrow_are_the_rows_the_csv_copy_gave_and_promotion_reads_only_held_out(settings, trained):
+    """``load_dataset`` reads through ADBC (Arrow); the frame is the one pandas made of a CSV COPY of the
+    same rows (the reader before it: the model's features saw these values and kinds). Promotion's
+    SQL selection of the held-out split is the split ``split_key`` makes."""
+    import io
+
+    import pandas as pd
+    from psycopg2 import sql
+
+    from tasador import db
+
+    ds = training.load_dataset(settings)
+    with db.transaction(settings.clean_db) as cur:
+        text = db.copy_out_csv(cur, sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {} "
+                                            "ORDER BY raw_id").format(db.identifiers(FEATURES),
+                                                                      db.in_batches(ds.batch_ids)))
+    csv = pd.read_csv(io.StringIO(text), dtype={"zip_code": "string", "city": "string"})
+    assert len(ds.frame) == len(csv) > 1_000
+    pd.testing.assert_frame_equal(ds.frame, csv, check_dtype=False)
+    numbers = [c for c in csv.columns if pd.api.types.is_numeric_dtype(csv[c])]
+    assert all(pd.api.types.is_numeric_dtype(ds.frame[c]) for c in numbers)
+    assert all(ds.frame[c].dtype == csv[c].dtype for c in csv.columns if c not in numbers)
+    held = training.load_dataset(settings, held_out_only=True)
+    assert held.test.all() and list(held.frame["raw_id"]) == list(ds.frame.loc[ds.test, "raw_id"])
+
+
 def test_registered_model_takes_the_raw_features_and_matches_its_metrics(settings, trained):
     train, _ = trained
     model = load_model(settings, train["version"])
