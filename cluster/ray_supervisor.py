@@ -33,10 +33,10 @@ _ray_dead_processes = Node.dead_processes
 def dead_processes_restarting_dashboard(node: Node) -> list:
     """Ray's list of dead daemons, after restarting a dead dashboard (which is then not in it)."""
     dead = _ray_dead_processes(node)
-    if any(kind == DASHBOARD for kind, _ in dead):
-        code = next(p.returncode for kind, p in dead if kind == DASHBOARD)
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} Ray's dashboard exited (code {code}); starting it again",
-              flush=True)
+    dashboards = [p for kind, p in dead if kind == DASHBOARD]
+    if dashboards:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} Ray's dashboard exited (code {dashboards[0].returncode}); "
+              "starting it again", flush=True)
         node.all_processes.pop(DASHBOARD, None)
         node.start_api_server(include_dashboard=node._ray_params.include_dashboard, raise_on_failure=False)
     return [(kind, p) for kind, p in dead if kind != DASHBOARD]

@@ -177,3 +177,8 @@ def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
 def split_key(property_id: pd.Series | np.ndarray, buckets: int = 100) -> np.ndarray:
     """A bucket in [0, buckets) per property: splits by bucket never divide a property."""
     return (np.asarray(property_id, dtype=np.int64) % buckets).astype(np.int64)
+
+
+# split_key in SQL, for a selection by split (numpy's modulo is never negative; PostgreSQL's takes the
+# dividend's sign); tests/test_training.py holds the two to the same rows
+SPLIT_KEY_SQL = "(property_id % 100 + 100) % 100"

@@ -24,7 +24,7 @@ import pandas as pd
 from psycopg2 import sql
 
 from tasador import db, faults
-from tasador.cleaning import split_key
+from tasador.cleaning import SPLIT_KEY_SQL, split_key
 from tasador.features import ListingFeatures, PriceModel
 from tasador.models import STEPS, price_metrics, trials
 from tasador.registry import mlflow_client, tracking_server
@@ -61,8 +61,7 @@ def load_dataset(settings: Settings, batch_ids: list[int] | None = None, held_ou
             batch_ids = [r[0] for r in cur.fetchall()]
         where = db.in_batches(batch_ids)
         if held_out_only:
-            # split_key's bucket in SQL (numpy's modulo is never negative; PostgreSQL's takes the sign)
-            where = sql.SQL("{} AND (property_id % 100 + 100) % 100 < {}").format(where, sql.Literal(test_cut))
+            where = sql.SQL("{} AND {} < {}").format(where, sql.SQL(SPLIT_KEY_SQL), sql.Literal(test_cut))
         query = sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {} ORDER BY raw_id").format(
             db.identifiers(FEATURES), where).as_string(cur)
     # processed batches never change, so reading their rows on another connection sees what this one did

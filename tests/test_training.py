@@ -87,19 +87,12 @@ def test_rows_read_as_arrow_are_the_rows_the_csv_copy_gave_and_promotion_reads_o
     """``load_dataset`` reads through ADBC (Arrow); the frame is the one pandas made of a CSV COPY of the
     same rows (the reader before it: the model's features saw these values and kinds). Promotion's
     SQL selection of the held-out split is the split ``split_key`` makes."""
-    import io
-
     import pandas as pd
-    from psycopg2 import sql
 
-    from tasador import db
+    from bench.load_rows import csv_reader
 
     ds = training.load_dataset(settings)
-    with db.transaction(settings.clean_db) as cur:
-        text = db.copy_out_csv(cur, sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {} "
-                                            "ORDER BY raw_id").format(db.identifiers(FEATURES),
-                                                                      db.in_batches(ds.batch_ids)))
-    csv = pd.read_csv(io.StringIO(text), dtype={"zip_code": "string", "city": "string"})
+    csv = csv_reader(settings, ds.batch_ids)
     assert len(ds.frame) == len(csv) > 1_000
     pd.testing.assert_frame_equal(ds.frame, csv, check_dtype=False)
     numbers = [c for c in csv.columns if pd.api.types.is_numeric_dtype(csv[c])]
