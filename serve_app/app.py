@@ -335,7 +335,7 @@ class PriceApi(PricingReplica):
             return self._done("/admin/reload", started, 401, {"detail": "a valid admin token is required"},
                               "unauthorized")
         try:
-            here = await asyncio.to_thread(self.model.refresh)
+            here = await asyncio.to_thread(self.model.refresh, True)
         except Exception as exc:  # the registry is down: say so, keep serving
             return self._done("/admin/reload", started, 503, {"detail": f"the registry is unreachable: "
                                                               f"{type(exc).__name__}"}, "registry_unreachable",

@@ -1,8 +1,9 @@
 """The registry's ``production`` version, swapped in place when the alias moves.
 
 ``ProductionModel`` runs in each replica of both deployments (the ingress prices /predict with it;
-``PriceModelServer`` explains). Each checks the alias every ``serve_poll_s`` (and at once on an admin
-reload). A new version is loaded and checked beside the one serving; only then does one reference
+``PriceModelServer`` explains, ``BulkPricer`` prices large bodies). Each checks the alias every
+``serve_poll_s`` (and at once on an admin reload); the replicas of a node share one registry read per
+period (``NodeAliasRead``). A new version is loaded and checked beside the one serving; only then does one reference
 assignment switch to it, so no request waits and none fails. A version that fails to load or to
 predict a sane price never replaces a working one: the error shows in ``info()`` (and /health) and in
 the load-failure metric, and the version is retried after ``RETRY_FAILED_S``. The ingress batches
@@ -51,6 +52,64 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
 
 
+class RegistryUnreachable(RuntimeError):
+    """The node's last read of the alias failed (raised in the replicas that share that read)."""
+
+
+class NodeAliasRead:
+    """The production alias, read from the registry at most once per ``max_age_s`` by all the replicas
+    of a node together: the reading (version or error, and when) is a small file beside the model
+    cache; a replica that finds it older than ``max_age_s`` takes the file's lock, reads the registry
+    and replaces the file (atomic rename), the others use it. A read of the alias costs the MLflow
+    server about 33 ms of CPU (Flask, the auth app's permission lookups, SQLAlchemy; py-spy): four
+    replicas each reading every second held 0.13 core of the idle stack (docs/benchmarks.md). A frozen
+    registry holds the lock and every replica waits, as each waited for its own read before, so the
+    replicas' staleness check still fires. No writable state directory: each replica reads on its own.
+    (A file, not a Ray actor: nothing more to start, supervise or reach, and nothing shared across
+    nodes; a KubeRay pod reads for its own replicas.)"""
+
+    def __init__(self, path: Path, read, max_age_s: float):
+        self.path, self.read, self.max_age_s = path, read, max_age_s
+        self.lock_path = path.with_name(path.name + ".lock")
+
+    def __call__(self, max_age_s: float | None = None) -> str | None:
+        max_age_s = self.max_age_s if max_age_s is None else max_age_s
+        reading = self._reading(max_age_s)
+        if reading is None:
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                lock = open(self.lock_path, "w")  # noqa: SIM115 (held across the read)
+            except OSError:
+                return self.read()
+            with lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                reading = self._reading(max_age_s) or self._read_and_share()
+        if "error" in reading:
+            raise RegistryUnreachable(reading["error"])
+        return reading["version"]
+
+    def _reading(self, max_age_s: float) -> dict | None:
+        try:
+            reading = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return reading if 0 <= time.time() - reading.get("at", 0) <= max_age_s else None
+
+    def _read_and_share(self) -> dict:
+        try:
+            reading = {"version": self.read()}
+        except Exception as exc:
+            reading = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        reading["at"] = time.time()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(reading))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("the alias reading could not be shared at %s: %s", self.path, exc)
+        return reading
+
+
 class RegistryLoader:
     """Reads the production alias and loads versions from the MLflow registry (injectable: tests and
     benchmarks may pass another loader with the same two methods)."""
@@ -58,6 +117,10 @@ class RegistryLoader:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.client = mlflow_client(settings)
+        where = hashlib.sha256(f"{settings.mlflow_uri}\0{settings.model_name}".encode()).hexdigest()[:16]
+        self.alias = NodeAliasRead(settings.state_path / "model-cache" / f".production-alias-{where}.json",
+                                   lambda: production_version(self.client, settings.model_name),
+                                   settings.serve_poll_s)
         # imported here, before the replica serves: the first version's load would otherwise import
         # MLflow's sklearn flavour, scikit-learn and XGBoost (seconds of CPU on a busy node, holding the
         # GIL and the import locks) while requests wait on the same process
@@ -66,8 +129,9 @@ class RegistryLoader:
 
         import tasador.features  # noqa: F401
 
-    def production_version(self) -> str | None:
-        return production_version(self.client, self.settings.model_name)
+    def production_version(self, max_age_s: float | None = None) -> str | None:
+        """The alias's version, read by this node at most ``max_age_s`` ago (default ``serve_poll_s``)."""
+        return self.alias(max_age_s)
 
     def load(self, version: str) -> LoadedModel:
         import mlflow.sklearn
@@ -163,14 +227,16 @@ class ProductionModel:
             except Exception:  # a registry outage must never stop the loop
                 log.exception("checking the production alias failed")
 
-    def refresh(self) -> dict:
-        """Load the production version if it is not the one serving. Returns what happened."""
+    def refresh(self, at_once: bool = False) -> dict:
+        """Load the production version if it is not the one serving (``at_once``: read the alias now,
+        not the node's reading of up to ``serve_poll_s`` ago). Returns what happened."""
         with self._lock:
             try:
-                wanted = self.loader.production_version()
+                wanted = self.loader.production_version(0) if at_once else self.loader.production_version()
             except Exception as exc:
                 self.registry_unreachable_since = self.registry_unreachable_since or time.time()
-                self.registry_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.registry_error = (str(exc) if isinstance(exc, RegistryUnreachable)
+                                       else f"{type(exc).__name__}: {exc}")[:500]
                 raise
             self.registry_unreachable_since, self.production, self.registry_read_at = None, wanted, time.time()
             current = self.current.version if self.current else None
@@ -288,7 +354,7 @@ class PriceModelServer:
         return await asyncio.to_thread(self.model.explain, columns)
 
     async def reload(self) -> dict:
-        return await asyncio.to_thread(self.model.refresh)
+        return await asyncio.to_thread(self.model.refresh, True)
 
     def info(self) -> dict:
         return self.model.info()

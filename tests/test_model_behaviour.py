@@ -41,7 +41,7 @@ class FixedVersions:
     def __init__(self, versions: dict[str, PriceModel], production: str):
         self.versions, self.production = versions, production
 
-    def production_version(self) -> str:
+    def production_version(self, max_age_s: float | None = None) -> str:
         return self.production
 
     def load(self, version: str) -> LoadedModel:
@@ -176,3 +176,4 @@ def test_a_replica_loading_its_first_version_passes_serves_health_check(served):
     assert production.current.version == "1" and production.alive()
     production.current, production.loading = None, None  # a model lost while the registry names one
     assert not production.alive()
+
