@@ -31,6 +31,7 @@ import pandas as pd
 from ray import serve
 
 from serve_app import metrics
+from tasador import compiled
 from tasador.registry import mlflow_client, production_version, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
@@ -146,7 +147,7 @@ class RegistryLoader:
                 "metrics": metrics_, "batch_ids": json.loads(tags.get("batch_ids", "[]")),
                 "rows": int(tags.get("rows", 0)),
                 "trigger_reason": tags.get("trigger_reason"), "promotion_reason": tags.get("promotion_reason"),
-                "run_id": mv.run_id}
+                "run_id": mv.run_id, "compiled": compiled.attach_at_load(model)}
         return LoadedModel(version, model, info)
 
     def _local_copy(self, mv) -> str:

@@ -10,6 +10,8 @@ from sklearn.metrics import mean_absolute_error, mean_absolute_percentage_error,
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from tasador import compiled
+
 FAMILIES = ("ridge", "random_forest", "xgboost")
 
 # Chosen for the budget (all rows, three families, 2 cores): a default random forest takes about two
@@ -95,7 +97,14 @@ class BoosterRegressor:
         self.booster = booster
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        trees = self.__dict__.get("small_batch_trees")  # set by compiled.attach_at_load in serving only
+        if trees is not None and len(X) <= compiled.SMALL_ROWS:
+            return compiled.gtil_predict(trees, X)
         return self.booster.inplace_predict(X)  # no DMatrix copy: what serving a few rows needs
+
+    def __getstate__(self) -> dict:
+        """Pickled without the serving-only Treelite trees (they are rebuilt and checked at each load)."""
+        return {k: v for k, v in self.__dict__.items() if k != "small_batch_trees"}
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         import xgboost as xgb

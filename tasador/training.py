@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from psycopg2 import sql
 
-from tasador import db, faults
+from tasador import compiled, db, faults
 from tasador.cleaning import SPLIT_KEY_SQL, split_key
 from tasador.features import ListingFeatures, PriceModel
 from tasador.models import STEPS, price_metrics, trials
@@ -266,8 +266,10 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
     example = ds.frame[ds.test][list(FEATURES)].head(5)
     sample = ds.frame[ds.test][list(FEATURES)].head(2000)
     importance = explain.global_importance(model, sample)
+    serving_check = compiled.check_at_registration(model, ds.frame[ds.test][list(FEATURES)])  # before pickling
     tags = {**lineage, "family": model.family, "params": json.dumps(params), "metrics": json.dumps(test),
-            **{f"metric_{k}": f"{v:.6g}" for k, v in test.items()}, "shap_importance": json.dumps(importance)}
+            **{f"metric_{k}": f"{v:.6g}" for k, v in test.items()}, "shap_importance": json.dumps(importance),
+            **serving_check}
     with tracking_server(settings):
         with mlflow.start_run(run_id=run_id):
             info = mlflow.sklearn.log_model(

@@ -6,9 +6,11 @@ replica serves the registry's versions."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from data_api.generator import World, generate_batch
 from data_api.plan import PLAN
 from serve_app.model import LoadedModel, ProductionModel
+from tasador import compiled
 from tasador.cleaning import clean_frame
 from tasador.features import ListingFeatures, PriceModel
 from tasador.models import fit_steps, price_metrics
@@ -177,3 +180,41 @@ def test_a_replica_loading_its_first_version_passes_serves_health_check(served):
     production.current, production.loading = None, None  # a model lost while the registry names one
     assert not production.alive()
 
+
+
+def test_small_requests_are_priced_by_gtil_as_xgboost_prices_them(served, monkeypatch):
+    """``tasador.compiled``: checked at registration, carried in the pickle, checked again at load, then
+    up to SMALL_ROWS rows go through Treelite's GTIL with XGBoost's predictions (log price, 1e-5 relative)."""
+    model = copy.deepcopy(served["production"].current.model)
+    tags = compiled.check_at_registration(model, served["test"][list(FEATURES)])
+    assert tags["compiled"] == "true" and float(tags["compiled_max_rel_diff"]) <= compiled.MAX_REL_DIFF
+    loaded = cloudpickle.loads(cloudpickle.dumps(model))  # as MLflow stores and loads a version
+    assert len(loaded.check_rows_) == min(compiled.CHECK_ROWS, len(served["test"]))
+    report = compiled.attach_at_load(loaded)
+    assert report["compiled"] is True and report["max_rel_diff"] <= compiled.MAX_REL_DIFF
+    assert "small_batch_trees" not in cloudpickle.loads(cloudpickle.dumps(loaded)).regressor.__dict__
+
+    calls = []
+    monkeypatch.setattr(compiled, "gtil_predict", lambda trees, X, real=compiled.gtil_predict: (
+        calls.append(len(X)), real(trees, X))[1])
+    rows = served["test"][list(FEATURES)].sample(200, random_state=3)
+    by_xgboost = model.predict_log(rows)  # the registered model: no GTIL attached
+    for size in (1, 2, compiled.SMALL_ROWS, compiled.SMALL_ROWS + 1, 64):
+        got = np.concatenate([loaded.predict_log(rows.iloc[i:i + size]) for i in range(0, 64, size)])[:64]
+        np.testing.assert_allclose(got, by_xgboost[:len(got)], rtol=compiled.MAX_REL_DIFF)
+        np.testing.assert_allclose(np.exp(got), np.exp(by_xgboost[:len(got)]), rtol=5e-5)  # dollars
+    assert calls and max(calls) == compiled.SMALL_ROWS  # small batches by GTIL, larger ones by XGBoost
+
+
+def test_a_version_that_fails_the_gtil_check_is_priced_by_xgboost_alone(served, monkeypatch):
+    model = copy.deepcopy(served["production"].current.model)
+    compiled.check_at_registration(model, served["test"][list(FEATURES)])
+    other = copy.deepcopy(model)
+    other.regressor.booster = other.regressor.booster[:20]  # another model: its first 20 trees
+    monkeypatch.setattr(compiled, "compile_trees", lambda _model, real=compiled.compile_trees: real(other))
+    report = compiled.attach_at_load(model)
+    assert report["compiled"] is False and "differs from XGBoost" in report["why"]
+    assert "small_batch_trees" not in model.regressor.__dict__
+
+    del model.check_rows_  # a version registered before the check: XGBoost alone
+    assert compiled.attach_at_load(model) == {"compiled": False, "why": "registered without held-out check rows"}
