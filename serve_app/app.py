@@ -211,7 +211,7 @@ class PriceApi(PricingReplica):
         self.predict_batched.set_max_batch_size(self.settings.serve_batch_max_size)
         self.predict_batched.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)  # both set from the settings in __init__
     async def predict_batched(self, requests: list[dict]) -> list[dict]:
         """Concurrent small /predict requests of this replica: one frame, one vectorised call."""
         return self.model.predict(requests)
