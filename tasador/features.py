@@ -13,6 +13,9 @@ The street id identifies a single property and is not used as a feature.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
@@ -26,7 +29,91 @@ ENCODED = ("state", "city", "zip_code", "brokered_by")
 
 def typed(X: pd.DataFrame) -> dict[str, np.ndarray]:
     """The 11 features with their model types, whatever came in (strings from JSON, typed clean rows).
-    Numpy arrays, not a frame: a request of one listing must not pay pandas' per-column overhead."""
+    Numpy arrays, not a frame: a request of one listing must not pay pandas' per-column overhead. Up to
+    ``FAST_ROWS`` rows of plain values (what the API's validation hands over) are typed value by value:
+    pandas' conversions cost about 1.2 ms a call whatever the rows, most of a single listing's transform
+    (docs/benchmarks.md); anything else takes pandas' path, which ``tests/test_features.py`` holds
+    the value-by-value one equal to."""
+    if len(X) <= FAST_ROWS:
+        try:
+            return typed_by_value(X)
+        except Unusual:
+            pass
+    return typed_by_pandas(X)
+
+
+FAST_ROWS = 16
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class Unusual(Exception):
+    """A value the value-by-value path leaves to pandas."""
+
+
+def _number(v) -> float:
+    if v is None or v is pd.NA:
+        return np.nan
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+        return float(v)
+    raise Unusual
+
+
+def _text(v) -> str | None:
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, str):
+        return v
+    raise Unusual
+
+
+def _id(v) -> str | None:
+    """An id as integer text, as pandas makes it: "02108", 2108.0 and "2108" are "2108"."""
+    if isinstance(v, str):
+        if not (v.isascii() and v.isdigit() and len(v) <= 15):
+            raise Unusual
+        return str(int(v))
+    x = _number(v)
+    if x != x:
+        return None
+    if not (x.is_integer() and abs(x) < 2**53):
+        raise Unusual
+    return str(int(x))
+
+
+def _date(v) -> np.datetime64:
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return np.datetime64("NaT", "ns")
+    if type(v) is dt.date or (isinstance(v, str) and _ISO_DATE.fullmatch(v)):
+        try:
+            day = np.datetime64(v, "D")
+        except ValueError:  # "2023-02-30": pandas makes it NaT
+            raise Unusual from None
+        if _NS_FIRST_DAY <= day <= _NS_LAST_DAY:  # numpy wraps nanoseconds past these silently
+            return day.astype("datetime64[ns]")
+    raise Unusual
+
+
+_NS_FIRST_DAY, _NS_LAST_DAY = np.datetime64("1677-09-22", "D"), np.datetime64("2262-04-10", "D")
+
+
+def typed_by_value(X: pd.DataFrame) -> dict[str, np.ndarray]:
+    column = {col: X[col].tolist() for col in FEATURES}
+    out = {col: np.array([_number(v) for v in column[col]], dtype="float64") for col in NUMERIC_FEATURES}
+    status = [_text(v) for v in column["status"]]
+    state = [_text(v) for v in column["state"]]
+    city = [_text(v) for v in column["city"]]
+    out["status"] = np.array([s.lower() if s is not None else None for s in status], dtype=object)
+    out["state"] = np.array(state, dtype=object)
+    out["city"] = np.array([f"{s}|{c}" if s is not None and c is not None else None for s, c in zip(state, city,
+                                                                                                 strict=True)],
+                           dtype=object)
+    for col in ("zip_code", "brokered_by"):
+        out[col] = np.array([_id(v) for v in column[col]], dtype=object)
+    out["prev_sold_date"] = np.array([_date(v) for v in column["prev_sold_date"]], dtype="datetime64[ns]")
+    return out
+
+
+def typed_by_pandas(X: pd.DataFrame) -> dict[str, np.ndarray]:
     out = {col: pd.to_numeric(X[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
            for col in NUMERIC_FEATURES}
     state = X["state"].astype("string")

@@ -3,10 +3,16 @@ the API sends it gives the same row; unseen and missing values are handled; the 
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from tasador.features import ListingFeatures
+from tasador.features import FAST_ROWS, ListingFeatures, typed, typed_by_pandas, typed_by_value
 from tasador.schema import FEATURES
 
 
@@ -46,3 +52,61 @@ def test_unseen_and_missing_values_still_give_finite_features():
     odd.loc[:, ["city", "zip_code", "bed", "house_size", "prev_sold_date"]] = ["Nowhere", "99999", None, None, None]
     out = features.transform(odd)
     assert np.isfinite(out).all()
+
+
+# values as the API hands them over (plain), and odd ones the value-by-value path must leave to pandas
+_plain_numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6))
+_plain_texts = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["Boston", "SOLD", "for_sale", ""]))
+_plain_ids = st.one_of(st.none(), st.sampled_from(["02108", "00760", "2108", "7", "0"]), st.integers(0, 10**6),
+                       st.floats(0, 1e6).map(round).map(float), st.just(float("nan")))
+_plain_dates = st.one_of(st.none(), st.dates(dt.date(1700, 1, 1), dt.date(2200, 12, 31)),
+                         st.dates(dt.date(1700, 1, 1), dt.date(2200, 12, 31)).map(str))
+_odd = st.sampled_from(["3", " 4", "1e3", "x", True, "021 08", "-5", "٣", "1.5", 2.5e17, 1.5, "2023-02-30",
+                        "2023-3-30", "30/03/2023", "0001-01-01", "9999-12-31", dt.date(1, 1, 1), dt.date(9999, 1, 1),
+                        "1677-09-21", "2262-04-12", float("nan"), 7, "99999999999999999999"])
+_PLAIN = {**dict.fromkeys(("bed", "bath", "acre_lot", "house_size", "street"), _plain_numbers),
+          **dict.fromkeys(("status", "city", "state"), _plain_texts), "zip_code": _plain_ids,
+          "brokered_by": _plain_ids, "prev_sold_date": _plain_dates}
+
+
+def same_typed(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for col in a:
+        if a[col].dtype.kind in "fM":
+            np.testing.assert_array_equal(a[col], b[col], err_msg=col)  # NaN and NaT equal themselves here
+            assert a[col].dtype == b[col].dtype, col
+        else:
+            assert a[col].tolist() == b[col].tolist(), col
+
+
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries(_PLAIN), min_size=1, max_size=FAST_ROWS))
+def test_plain_values_are_typed_by_value_exactly_as_pandas_types_them(rows):
+    frame = pd.DataFrame(rows, columns=list(FEATURES))
+    same_typed(typed_by_value(frame), typed_by_pandas(frame))  # never left to pandas: plain values
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries({f: st.one_of(_PLAIN[f], _odd) for f in FEATURES}), min_size=1,
+                max_size=FAST_ROWS))
+def test_any_small_frame_is_typed_as_pandas_types_it(rows):
+    frame = pd.DataFrame(rows, columns=list(FEATURES))
+    try:
+        by_pandas = typed_by_pandas(frame)
+    except (TypeError, ValueError, OverflowError) as exc:  # pandas refuses it: so must typed()
+        with pytest.raises(type(exc)):
+            typed(frame)
+        return
+    same_typed(typed(frame), by_pandas)
+
+
+def test_what_the_api_hands_over_takes_the_value_by_value_path():
+    """The ingress's columns (``serve_app.schemas.to_columns``: floats, str, date or None) never need
+    pandas' conversions."""
+    listing = {"brokered_by": 22611.0, "status": "for_sale", "bed": 3.0, "bath": None, "acre_lot": 0.25,
+               "street": 1594530.0, "city": "Boston", "state": "Massachusetts", "zip_code": "02108",
+               "house_size": 1800.0, "prev_sold_date": dt.date(2015, 6, 30)}
+    empty = dict.fromkeys(FEATURES)
+    frame = pd.DataFrame({f: [listing[f], empty[f]] for f in FEATURES})
+    same_typed(typed_by_value(frame), typed_by_pandas(frame))
+    assert typed_by_value(frame)["zip_code"].tolist() == ["2108", None]
