@@ -109,6 +109,7 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
               "TASADOR_HAPROXY_QUEUE_MAX": str(settings.serve_queue_max),
               "TASADOR_HAPROXY_QUEUE_TIMEOUT_MS": str(settings.serve_queue_timeout_ms)}
     return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "TASADOR_HAPROXY_BINARY": binary,
+            "RAY_SERVE_HAPROXY_NBTHREAD": str(settings.serve_haproxy_threads),
             **{k: v for k, v in limits.items() if v != "0"},
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),

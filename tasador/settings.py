@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     serve_replica_maxconn: int = 16
     serve_queue_max: int = 48
     serve_queue_timeout_ms: int = 80
+    # HAProxy's threads (Ray's default 4): with 1 on 2 cores HAProxy took 0.17 core, not 0.36, and 64
+    # clients got 1,415-1,526 req/s instead of 1,277-1,319 (docs/benchmarks.md)
+    serve_haproxy_threads: int = 1
     # Prometheus (started by the stack when its binary is present) and the Dash app
     prometheus_port: int = 9090
     prometheus_url: str = ""  # empty: the local server

@@ -108,6 +108,7 @@ def test_the_rayservice_serves_the_same_application_as_the_local_config():
     for container in containers(service):
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+        assert env.get("RAY_SERVE_HAPROXY_NBTHREAD") == str(Settings().serve_haproxy_threads)
 
 
 def test_rayjob_entrypoints_name_job_modules_that_exist_on_the_jobs_cluster():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from bench.common import CLIENT_NICENESS
-from cluster import prometheus, serve
+from cluster import prometheus, ray_head, serve
 from serve_app.app import prediction_ids
 from serve_app.model import RegistryLoader
 from serve_app.prediction_log import PredictionLog
@@ -149,6 +150,16 @@ def test_past_every_replicas_slots_and_the_queue_a_request_is_refused_at_once_wi
     while (status := requests.post(f"{s.serve}/predict", json=listing, timeout=30).status_code) != 200:
         assert time.monotonic() < deadline, status
         time.sleep(0.1)
+
+
+
+def test_haproxy_runs_the_threads_the_settings_give_it(serving):
+    """``serve_haproxy_threads`` reaches the config Ray writes (through ``RAY_SERVE_HAPROXY_NBTHREAD``)."""
+    s = serving["s"]
+    configs = list(ray_head.haproxy_dir(s).rglob("haproxy.cfg"))
+    assert configs
+    for config in configs:
+        assert re.search(rf"^\s*nbthread {s.serve_haproxy_threads}\s*$", config.read_text(), re.M), config
 
 
 BAD = [
