@@ -69,8 +69,10 @@ def wrk(url: str, body: str, connections: int, seconds: int, niceness: int = 0) 
 
 def measure(result: dict, name: str, url: str, one: str, thousand: str, seconds: int) -> None:
     wrk(f"{url}/predict", one, 64, 3)  # warm-up
+    alone = wrk(f"{url}/predict", one, 1, seconds)
     single = wrk(f"{url}/predict", one, 64, seconds)
     batch = wrk(f"{url}/predict", thousand, 8, seconds)
+    result[f"{name}_c1_p50_ms"], result[f"{name}_c1_p99_ms"] = alone["p50_ms"], alone["p99_ms"]
     result.update({f"{name}_single_{k}": v for k, v in single.items()})
     result[f"{name}_1000_rows_s"] = round(batch["req_s"] * 1000)
     result[f"{name}_1000_p99_ms"] = batch["p99_ms"]
@@ -276,23 +278,31 @@ def throughput(result: dict, settings, version: str, one: str, thousand: str, se
     measure(result, "serve", settings.serve, one, thousand, seconds)
     # the baseline as a user would run it, then with one OpenMP thread per request (as Ray gives
     # its workers): XGBoost's default of every core per call thrashes under 64 concurrent requests
-    for name, extra in (("fastapi", {}), ("fastapi_1thread", {"OMP_NUM_THREADS": "1"})):
+    # its workers): XGBoost's default of every core per call thrashes under 64 concurrent requests; and
+    # issue 17's baseline: two workers (one per core), one OpenMP thread each
+    for name, extra, workers in (("fastapi", {}, 1), ("fastapi_1thread", {"OMP_NUM_THREADS": "1"}, 1),
+                                 ("fastapi_2workers", {"OMP_NUM_THREADS": "1"}, 2)):
         port = processes.free_port()
         env = {**settings.as_env(), "MODEL_VERSION": version, **extra}
         base_pid = processes.spawn([sys.executable, "-m", "uvicorn", "bench.fastapi_baseline:app", "--host",
-                                    "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level",
+                                    "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level",
                                     "warning"], settings.state_path / "logs" / f"{name}.log", env=env)
         try:
             wait_version(f"http://127.0.0.1:{port}", version)
             measure(result, name, f"http://127.0.0.1:{port}", one, thousand, seconds)
         finally:
             processes.stop_pid(base_pid)
-    best = max(("fastapi", "fastapi_1thread"), key=lambda n: result[f"{n}_single_req_s"])
+    best = max(("fastapi", "fastapi_1thread", "fastapi_2workers"), key=lambda n: result[f"{n}_single_req_s"])
     result["baseline_compared"] = best
     result["single_req_s_ratio"] = round(result["serve_single_req_s"] / result[f"{best}_single_req_s"], 2)
     result["single_p99_ratio"] = round(result["serve_single_p99_ms"] / result[f"{best}_single_p99_ms"], 2)
     result["rows_s_ratio_1000"] = round(result["serve_1000_rows_s"] / max(
-        result["fastapi_1000_rows_s"], result["fastapi_1thread_1000_rows_s"]), 2)
+        result[f"{n}_1000_rows_s"] for n in ("fastapi", "fastapi_1thread", "fastapi_2workers")), 2)
+    # issue 17's names (the baseline: FastAPI with two workers)
+    result.update(c1_p50_ms=result["serve_c1_p50_ms"], c1_p99_ms=result["serve_c1_p99_ms"],
+                  c64_rps=result["serve_single_req_s"], c64_p99_ms=result["serve_single_p99_ms"],
+                  baseline_c1_p50_ms=result["fastapi_2workers_c1_p50_ms"],
+                  baseline_c64_rps=result["fastapi_2workers_single_req_s"], rows_per_s_1000=result["serve_1000_rows_s"])
 
 
 def main() -> None:

@@ -59,3 +59,13 @@ def test_a_limit_set_to_0_is_left_as_ray_has_it(tmp_path, zero):
     assert ("maxconn 16" in text) == (zero != "serve_replica_maxconn")
     assert ("{ queue(" in text) == (zero != "serve_queue_max")
     assert ("timeout queue" in text) == (zero != "serve_queue_timeout_ms")
+
+
+def test_the_refusal_states_its_length_so_the_connection_stays_open():
+    """HAProxy sends ``haproxy-503.http`` as written: without Content-Length it must close the
+    connection to end the body, and every refused request costs the client a new connection."""
+    raw = (Path(__file__).parents[1] / "cluster" / "haproxy-503.http").read_bytes()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert int(headers[b"Content-Length"]) == len(body)
+    assert headers[b"Retry-After"] == b"1" and b"Connection" not in headers
