@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -30,16 +31,24 @@ DASHBOARD = ray_constants.PROCESS_TYPE_DASHBOARD
 _ray_dead_processes = Node.dead_processes
 
 
+# the exit codes ``ray start --block`` takes for a deliberate stop (ray/scripts/scripts.py): a process
+# that exits with one of them stays dead and the node goes on (or is shutting down)
+GRACEFUL_EXIT_CODES = (0, signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGTERM)
+
+
 def dead_processes_restarting_dashboard(node: Node) -> list:
-    """Ray's list of dead daemons, after restarting a dead dashboard (which is then not in it)."""
+    """Ray's list of dead daemons, after restarting a dashboard that died unexpectedly (which is then
+    not in it). A dashboard stopped deliberately (SIGTERM: the node's own shutdown sends it) is left
+    to Ray, whose loop takes it as a deliberate stop: restarting it had a new dashboard start, and
+    fail to reach the GCS, while the node drained (seen in a benchmark's head log, 2026-12-02)."""
     dead = _ray_dead_processes(node)
-    dashboards = [p for kind, p in dead if kind == DASHBOARD]
+    dashboards = [p for kind, p in dead if kind == DASHBOARD and p.returncode not in GRACEFUL_EXIT_CODES]
     if dashboards:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} Ray's dashboard exited (code {dashboards[0].returncode}); "
               "starting it again", flush=True)
         node.all_processes.pop(DASHBOARD, None)
         node.start_api_server(include_dashboard=node._ray_params.include_dashboard, raise_on_failure=False)
-    return [(kind, p) for kind, p in dead if kind != DASHBOARD]
+    return [(kind, p) for kind, p in dead if not any(p is restarted for restarted in dashboards)]
 
 
 KUBERAY_COMMAND_ENV = "KUBERAY_GEN_RAY_START_CMD"
