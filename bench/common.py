@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from cluster import stack
+from cluster import ray_head, stack
 from tasador.settings import Settings
 
 # Load generators share this machine's 2 cores with the stack they measure (in production clients are
@@ -27,13 +30,27 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 @contextmanager
 def private_stack(scale: float, only: tuple[str, ...] | None = None) -> Iterator[Settings]:
+    """A stack of its own, thrown away after; when the run fails, its logs are kept first."""
     with tempfile.TemporaryDirectory(prefix="tasador-bench-") as tmp:
         settings = stack.isolated_settings(os.path.join(tmp, "state"), data_api_scale=scale, airflow_server=False)
         try:
             stack.up(settings, only=only)
             yield settings
+        except BaseException:
+            print(f"bench: the run failed; the stack's logs are kept in {keep_logs(settings)}", file=sys.stderr)
+            raise
         finally:
             stack.down(settings, discard=True)
+
+
+def keep_logs(settings: Settings) -> Path:
+    """Copy the stack's logs and Ray's session logs out of a stack about to be discarded."""
+    kept = Path(tempfile.gettempdir()) / f"tasador-bench-logs-{time.strftime('%Y%m%d-%H%M%S')}"
+    for source, name in ((settings.state_path / "logs", "stack"),
+                         (ray_head.temp_dir(settings) / "session_latest" / "logs", "ray")):
+        if source.is_dir():
+            shutil.copytree(source, kept / name, ignore_dangling_symlinks=True, dirs_exist_ok=True)
+    return kept
 
 
 @contextmanager
