@@ -145,10 +145,11 @@ def test_past_every_replicas_slots_and_the_queue_a_request_is_refused_at_once_wi
             sock.close()
     assert refused.status_code == 503 and refused.headers.get("Retry-After") == "1", refused.text
     assert "overloaded" in refused.json()["detail"]
-    # the refusal has a length, so the client's connection stays open: closing it made every refused
-    # request a new connection, and an overload left ~12,600 sockets in TIME_WAIT (bench.serve)
+    # the refusal has a length, so HAProxy need not close the connection to end it (without one, every
+    # refused request was a new connection and an overload left ~12,600 sockets in TIME_WAIT). It still
+    # closes one whose body had not arrived when it refused (requests sends the body after the
+    # headers), so the connection itself is not asserted here; bench.serve counts TIME_WAIT.
     assert refused.headers.get("Content-Length") == str(len(refused.content))
-    assert refused.headers.get("Connection", "").lower() != "close"
     assert waited < 1 + s.serve_queue_timeout_ms / 1000, waited  # refused, not left waiting for a slot
     deadline = time.monotonic() + 10  # HAProxy frees the slots as it sees the clients gone
     while (status := requests.post(f"{s.serve}/predict", json=listing, timeout=30).status_code) != 200:
