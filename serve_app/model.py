@@ -233,7 +233,7 @@ class ProductionModel:
         not the node's reading of up to ``serve_poll_s`` ago). Returns what happened."""
         with self._lock:
             try:
-                wanted = self.loader.production_version(0) if at_once else self.loader.production_version()
+                wanted = self.loader.production_version(0 if at_once else None)
             except Exception as exc:
                 self.registry_unreachable_since = self.registry_unreachable_since or time.time()
                 self.registry_error = (str(exc) if isinstance(exc, RegistryUnreachable)
