@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import textwrap
 import time
 
 from cluster import airflow, stack
-from tasador import decisions, ray_jobs
+from tasador import decisions, ray_jobs, registry
 from tasador.cycle import cycle
 from tasador.settings import Settings
 
@@ -71,12 +72,67 @@ def through_airflow(settings: Settings) -> None:
         before = len(decisions.batch_report(settings, settings.group, settings.day))
         run_id = airflow.trigger(settings, f"demo__{started}_{n}")
         print(f"batch {before + 1}: Airflow run {run_id} of {airflow.DAG_ID}", flush=True)
-        state = airflow.wait_run(settings, run_id)
+        state = airflow.wait_run(settings, run_id, progress=StepProgress(settings))
         if state != "success":
             raise JobFailed(f"the Airflow run {run_id} of {airflow.DAG_ID} ended {state}; its task logs are under "
                             f"{settings.state_path / settings.airflow_instance / 'logs'}")
         if len(decisions.batch_report(settings, settings.group, settings.day)) == before:
             return
+
+
+class StepProgress:
+    """Live progress of one Airflow run: a line when a step changes state (with the time since the
+    run began), and while a step runs, a line every ``beat_s`` with its elapsed time and, while
+    ``train`` runs, the Tune trials MLflow has recorded so far."""
+
+    def __init__(self, settings: Settings, beat_s: float = 20.0):
+        self.settings, self.beat_s = settings, beat_s
+        self.began = time.monotonic()
+        self.states: dict[str, str] = {}
+        self.last_beat = time.monotonic()
+
+    def __call__(self, run: dict) -> None:
+        now = time.monotonic()
+        for task in sorted(run["tasks"], key=lambda t: t.get("start_date") or "~"):
+            name, state = task["task_id"], task["state"] or "waiting"
+            if self.states.get(name) != state:
+                self.states[name] = state
+                if state != "waiting":
+                    print(f"  {_clock(now - self.began)}  {name:<16} {state}", flush=True)
+            elif state == "running" and now - self.last_beat >= self.beat_s:
+                self.last_beat = now
+                trials = self.trials_since(task.get("start_date")) if name == "train" else None
+                print(f"  {_clock(now - self.began)}  {name:<16} running for {self.running_for(task)}"
+                      + (f", {trials} trials recorded in MLflow" if trials is not None else ""), flush=True)
+
+    @staticmethod
+    def running_for(task: dict) -> str:
+        started = task.get("start_date")
+        if not started:
+            return "-"
+        since = dt.datetime.fromisoformat(started.replace("Z", "+00:00"))
+        return _clock((dt.datetime.now(dt.UTC) - since).total_seconds())
+
+    def trials_since(self, started: str | None) -> int | None:
+        """Runs of the experiment started since ``started`` (the trials, and their parent run)."""
+        if not started:
+            return None
+        try:
+            client = registry.mlflow_client(self.settings)
+            experiment = client.get_experiment_by_name(self.settings.mlflow_experiment)
+            if experiment is None:
+                return 0
+            since_ms = int(dt.datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() * 1000)
+            runs = client.search_runs([experiment.experiment_id], f"attributes.start_time >= {since_ms}",
+                                      max_results=5000)
+            return max(0, len(runs) - 1)  # less the training's parent run
+        except Exception:  # progress is a courtesy: MLflow busy or down does not stop the demo
+            return None
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes:d}:{secs:02d}"
 
 
 def through_dags_test(settings: Settings) -> None:

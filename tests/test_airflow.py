@@ -11,7 +11,9 @@ import datetime as dt
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from cluster import airflow
 
 pytestmark = pytest.mark.skipif(not airflow.available(), reason="Airflow is not installed (.venv-airflow)")
@@ -33,6 +35,14 @@ def test_the_dag_imports_with_its_tasks(af):
     tasks = airflow.airflow(af, "tasks", "list", airflow.DAG_ID)
     assert set(tasks.stdout.split()) >= {"ingest", "process", "decide", "retrain_or_skip", "train", "promote",
                                          "skip_training"}
+
+
+def test_tasador_airflow_runs_the_stacks_airflow_with_its_arguments_and_exit_code(af):
+    runner = CliRunner()
+    listed = runner.invoke(app, ["airflow", "tasks", "list", airflow.DAG_ID], env=af.as_env())
+    assert listed.exit_code == 0, listed.output[-2000:]
+    assert {"ingest", "process", "decide", "train", "promote"} <= set(listed.stdout.split())
+    assert runner.invoke(app, ["airflow", "tasks", "list", "no_such_dag"], env=af.as_env()).exit_code != 0
 
 
 def test_a_failed_ray_job_fails_its_task(af):

@@ -1,13 +1,17 @@
-"""``tasador up / status / down`` on a stack of their own: down stops exactly what up started."""
+"""``tasador up / status / down`` on a stack of their own, through Typer's runner as a user types them:
+down stops exactly what up started."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from cluster import processes, ray_head, stack
 from tests.conftest import fresh_settings, registry_pids
 
@@ -21,18 +25,27 @@ def test_status_reports_every_component_running(settings):
 def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
     s = fresh_settings(tmp_path)
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)"])  # killed below
+    runner, env = CliRunner(), s.as_env()
     try:
-        stack.up(s)
+        started = runner.invoke(app, ["up"], env=env)
+        assert started.exit_code == 0, started.output[-3000:]
         pids = registry_pids(s)
         tree = {pid: processes.descendants(pid) for pid in pids.values()}
-        stack.up(s)  # a second up starts nothing new
+        report = runner.invoke(app, ["status", "--json"], env=env)
+        assert report.exit_code == 0, report.output[-3000:]
+        assert {name: c["state"] for name, c in json.loads(report.stdout).items()} == {
+            n: "running" for n in stack.components(s)}
+        assert runner.invoke(app, ["up"], env=env).exit_code == 0  # a second up starts nothing new
         assert registry_pids(s) == pids
-        assert sorted(stack.down(s)) == sorted(stack.components(s))
+        stopped = runner.invoke(app, ["down"], env=env)
+        assert stopped.exit_code == 0, stopped.output[-3000:]
+        assert sorted(json.loads(stopped.stdout)["stopped"]) == sorted(stack.components(s))
         for name, pid in pids.items():
             assert not processes.alive(pid), f"{name} ({pid}) still running after down"
             assert not [p for p in tree[pid] if processes.alive(p)], f"children of {name} left running"
         assert processes.alive(bystander.pid), "down must not touch processes it did not start"
         assert {c["state"] for c in stack.status(s).values()} == {"not started"}
+        assert runner.invoke(app, ["status"], env=env).exit_code == 1  # nothing runs: status says so
         outside = ray_head.temp_dir(s)  # derived under /tmp: the test's state path is too long for sockets
         assert outside.parent == Path("/tmp") and outside.is_dir()  # down keeps Ray's logs...
         assert stack.down(s, discard=True) == [] and not outside.exists()  # ...a discarded stack does not

@@ -1,0 +1,25 @@
+"""The demo's live progress of an Airflow run (cli.demo.StepProgress), fed the REST API's answers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cli.demo import StepProgress
+from tasador.settings import Settings
+
+
+def run(*tasks: tuple[str, str | None, str | None]) -> dict:
+    return {"state": "running", "tasks": [{"task_id": t, "state": s, "start_date": d} for t, s, d in tasks]}
+
+
+def test_a_line_per_change_of_state_and_a_beat_while_a_step_runs(capsys):
+    progress = StepProgress(Settings.load(env={}), beat_s=0)
+    started = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=75)).isoformat()
+    progress(run(("ingest", "running", started), ("process", None, None)))
+    progress(run(("ingest", "running", started), ("process", None, None)))  # unchanged: a beat
+    progress(run(("ingest", "success", started), ("process", "running", started)))
+    lines = capsys.readouterr().out.splitlines()
+    assert "ingest" in lines[0] and lines[0].endswith("running")
+    assert "ingest" in lines[1] and "running for 1:1" in lines[1]  # 75 s and a little more
+    assert lines[2].split()[1:] == ["ingest", "success"] and lines[3].split()[1:] == ["process", "running"]
+    assert len(lines) == 4  # a step that has not started says nothing
