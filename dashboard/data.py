@@ -4,14 +4,18 @@ HTTP API. Every reader returns plain data or raises ``Unavailable`` with a messa
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 
 import requests
+from psycopg2 import sql
 
-from tasador import db
+from tasador import db, history
 from tasador.registry import mlflow_client
 from tasador.settings import Settings
+
+PAGE_DB_ATTEMPTS = 2  # a page says PostgreSQL is unavailable within seconds rather than retrying for 30
 
 
 class Unavailable(Exception):
@@ -19,11 +23,10 @@ class Unavailable(Exception):
 
 
 # -- Serve --------------------------------------------------------------------------------------
-def explain(settings: Settings, listing: dict) -> dict:
-    """Price one listing with its SHAP contributions (POST /explain). A 422 comes back as
-    ``{"invalid": detail}`` so the form can show it."""
+def _price(settings: Settings, route: str, listing: dict) -> dict:
+    """POST one listing to ``route``; a 422 comes back as ``{"invalid": detail}`` so the form can show it."""
     try:
-        resp = requests.post(f"{settings.serve}/explain", json=listing, timeout=30)
+        resp = requests.post(f"{settings.serve}{route}", json=listing, timeout=30)
     except requests.RequestException as exc:
         raise Unavailable(f"the prediction API at {settings.serve} did not answer ({type(exc).__name__})") from None
     if resp.status_code == 422:
@@ -31,6 +34,24 @@ def explain(settings: Settings, listing: dict) -> dict:
     if not resp.ok:
         raise Unavailable(f"the prediction API answered HTTP {resp.status_code}: {resp.text[:300]}")
     return resp.json()
+
+
+def explain(settings: Settings, listing: dict) -> dict:
+    """Price one listing with its SHAP contributions (POST /explain)."""
+    return _price(settings, "/explain", listing)
+
+
+def predict(settings: Settings, listing: dict) -> dict:
+    """Price one listing (POST /predict): its price, version and prediction id."""
+    return _price(settings, "/predict", listing)
+
+
+def health(settings: Settings) -> dict:
+    """The prediction API's /health: the version serving, registry, database, prediction log."""
+    try:
+        return requests.get(f"{settings.serve}/health", timeout=10).json()
+    except (requests.RequestException, ValueError) as exc:
+        raise Unavailable(f"the prediction API at {settings.serve} did not answer ({type(exc).__name__})") from None
 
 
 # -- MLflow registry --------------------------------------------------------------------------------
@@ -46,7 +67,7 @@ def model_versions(settings: Settings) -> list[dict]:
         while True:
             page = client.search_model_versions(f"name = '{settings.model_name}'", max_results=1000,
                                                 page_token=token)
-            out += [_version(v, production) for v in page]
+            out += [_version(v, production, settings) for v in page]
             token = page.token
             if not token:
                 break
@@ -55,12 +76,13 @@ def model_versions(settings: Settings) -> list[dict]:
     return sorted(out, key=lambda v: -int(v["version"]))
 
 
-def _version(v, production: str | None) -> dict:
+def _version(v, production: str | None, settings: Settings) -> dict:
     tags = v.tags
     metrics = json.loads(tags.get("metrics", "{}") or "{}")
     return {"version": v.version, "production": v.version == str(production), "family": tags.get("family", ""),
             **{k: metrics.get(k) for k in ("rmse", "mae", "r2", "mape")},
-            "rows": tags.get("rows"), "batch_ids": tags.get("batch_ids", "[]"),
+            "rows": tags.get("rows"), "batch_ids": tags.get("batch_ids", "[]"), "data_hash": tags.get("data_hash"),
+            "run_url": f"{settings.mlflow_uri}/#/models/{settings.model_name}/versions/{v.version}",
             "promotion": tags.get("promotion", "not decided"), "promotion_reason": tags.get("promotion_reason", ""),
             "trigger_reason": tags.get("trigger_reason", ""), "created": time.strftime(
                 "%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000))}
@@ -71,11 +93,11 @@ def batches(settings: Settings) -> list[dict]:
     """Every batch: received rows (raw ledger), clean and rejected (processed ledger), drift found,
     retrained. Ledger tables only: one row per batch, however many listings."""
     try:
-        with db.transaction(settings.raw_db) as cur:
+        with db.transaction(settings.raw_db, PAGE_DB_ATTEMPTS) as cur:
             cur.execute("SELECT batch_id, group_number, day, batch_number, rows, received_at FROM batches"
                         " ORDER BY batch_id DESC LIMIT 5000")
             raw = cur.fetchall()
-        with db.transaction(settings.clean_db) as cur:
+        with db.transaction(settings.clean_db, PAGE_DB_ATTEMPTS) as cur:
             cur.execute("SELECT p.batch_id, p.clean_rows, p.rejected_rows, p.processed_at, d.drift_found, d.retrain"
                         " FROM processed_batches p LEFT JOIN decisions d USING (batch_id)")
             clean = {r[0]: r[1:] for r in cur.fetchall()}
@@ -91,9 +113,59 @@ def batches(settings: Settings) -> list[dict]:
     return out
 
 
+def last_predictions(settings: Settings, limit: int = 20) -> list[dict]:
+    """The newest rows of the prediction log (raw_data.predictions)."""
+    try:
+        with db.transaction(settings.raw_db, PAGE_DB_ATTEMPTS) as cur:
+            cur.execute("SELECT prediction_id, requested_at, model_version, predicted_price, state, city, bed, bath,"
+                        " house_size FROM predictions ORDER BY requested_at DESC LIMIT %s", (limit,))
+            names = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+    except Exception as exc:
+        raise Unavailable(f"PostgreSQL: {type(exc).__name__}: {str(exc)[:200]}") from None
+    return [{**dict(zip(names, r, strict=True)), "prediction_id": str(r[0]),
+             "requested_at": r[1].strftime("%Y-%m-%d %H:%M:%S")} for r in rows]
+
+
+def lineage(settings: Settings, prediction_id: str) -> dict:
+    try:
+        return history.lineage(settings, prediction_id)
+    except (ValueError, LookupError):
+        raise
+    except Exception as exc:
+        raise Unavailable(f"{type(exc).__name__}: {str(exc)[:300]}") from None
+
+
+SAMPLE_ROWS = 5_000  # per side of a numeric feature's ECDF
+
+
+def distribution(settings: Settings, batch_id: int, feature: str, kind: str, reference: list[int]) -> dict:
+    """A feature of the batch against its reference batches: for a number, a sample of values on each
+    side (about SAMPLE_ROWS, Bernoulli-sampled in the database) for an ECDF; for a category, every
+    value's share on each side (counted in the database)."""
+    column = sql.Identifier(feature)
+    out = {}
+    with db.transaction(settings.clean_db, PAGE_DB_ATTEMPTS) as cur:
+        for side, ids in (("batch", [batch_id]), ("reference", reference)):
+            if kind == "categorical":
+                cur.execute(sql.SQL("SELECT {c}, count(*) FROM listings WHERE batch_id = ANY(%s) GROUP BY {c}")
+                            .format(c=column), (ids,))
+                counts = dict(cur.fetchall())
+                total = sum(counts.values()) or 1
+                out[side] = {str(k): n / total for k, n in counts.items()}
+            else:
+                cur.execute("SELECT count(*) FROM listings WHERE batch_id = ANY(%s)", (ids,))
+                rows = cur.fetchone()[0] or 1
+                percent = min(100.0, 100.0 * SAMPLE_ROWS / rows)
+                cur.execute(sql.SQL("SELECT {c} FROM listings TABLESAMPLE BERNOULLI (%s) REPEATABLE (7)"
+                                    " WHERE batch_id = ANY(%s) AND {c} IS NOT NULL").format(c=column), (percent, ids))
+                out[side] = sorted(float(r[0]) for r in cur.fetchall())
+    return out
+
+
 def drift(settings: Settings, batch_id: int) -> dict | None:
     """The batch's drift statistics per feature and the decision's reason."""
-    with db.transaction(settings.clean_db) as cur:
+    with db.transaction(settings.clean_db, PAGE_DB_ATTEMPTS) as cur:
         cur.execute("SELECT drift, retrain_reason, reference_batches, production_version FROM decisions"
                     " WHERE batch_id = %s", (batch_id,))
         row = cur.fetchone()
@@ -105,33 +177,70 @@ def drift(settings: Settings, batch_id: int) -> dict | None:
             "production_version": production}
 
 
+def production_history(settings: Settings) -> list[dict]:
+    """Every move of the production alias, oldest first (tasador.history)."""
+    try:
+        return history.moves(settings)
+    except Exception as exc:
+        raise Unavailable(f"PostgreSQL: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def rollback(settings: Settings, version: str, reason: str, token: str) -> dict:
+    """An operator's rollback from the app: the Serve admin token gates it (compared in constant
+    time); the move is made as the stack's MLflow writer, for this call only."""
+    try:
+        expected = settings.serve_admin_token_path.read_text().strip()
+    except OSError:
+        raise Unavailable(f"no admin token at {settings.serve_admin_token_path}: is the stack up?") from None
+    if not token or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise PermissionError("the admin token is wrong: a rollback needs the Serve admin token "
+                              f"(in {settings.serve_admin_token_path})")
+    writer = settings.replace(mlflow_credentials_file=str(settings.mlflow_identity_path("writer")))
+    try:
+        return history.rollback(writer, version, reason)
+    finally:
+        mlflow_client(settings)  # this process's MLflow calls are the reader's again
+
+
 # -- Prometheus -------------------------------------------------------------------------------------
-QUERIES = {
-    "request rate (req/s)": 'sum(rate(ray_tasador_requests_total{route="/predict"}[1m]))',
-    "p50 latency (ms)": "histogram_quantile(0.5, sum by (le) (rate(ray_tasador_request_latency_ms_bucket"
-                        '{route="/predict"}[1m])))',
-    "p95 latency (ms)": "histogram_quantile(0.95, sum by (le) (rate(ray_tasador_request_latency_ms_bucket"
-                        '{route="/predict"}[1m])))',
-    "p99 latency (ms)": "histogram_quantile(0.99, sum by (le) (rate(ray_tasador_request_latency_ms_bucket"
-                        '{route="/predict"}[1m])))',
-    "error rate (share)": "sum(rate(ray_tasador_request_errors_total[1m])) / sum(rate(ray_tasador_requests_total[1m]))",
-    "model version": "max(ray_tasador_model_version)",
-    "model RMSE ($)": "max(ray_tasador_model_rmse)",
+def _quantile(q: float) -> str:
+    return (f"histogram_quantile({q}, sum by (le) (rate(ray_tasador_request_latency_ms_bucket"
+            '{route="/predict"}[1m])))')
+
+
+# each chart: its lines, each a PromQL query; a query "by (kind)" gives one line per kind
+CHARTS = {
+    "request rate (req/s)": {"/predict": 'sum(rate(ray_tasador_requests_total{route="/predict"}[1m]))'},
+    "/predict latency (ms)": {"p50": _quantile(0.5), "p95": _quantile(0.95), "p99": _quantile(0.99)},
+    "errors by kind (req/s)": {"by kind": "sum by (kind) (rate(ray_tasador_request_errors_total[1m]))"},
+    "model version serving": {"version": "max(ray_tasador_model_version)"},
+    "prediction log (rows/s)": {"logged": "sum(rate(ray_tasador_predictions_logged_total[1m]))",
+                                "lost": "sum(rate(ray_tasador_predictions_lost_total[1m]))"},
+    "model RMSE ($)": {"held-out RMSE": "max(ray_tasador_model_rmse)"},
 }
+# the words for an error kind on the chart
+KIND_WORDS = {"no_model": "no model loaded (before the first promotion, or none loadable)",
+              "invalid_input": "invalid input (4xx)", "overloaded": "refused: overloaded (503)"}
 
 
-def monitoring(settings: Settings, minutes: int = 30) -> dict[str, list[tuple[float, float]]]:
-    """Each series of QUERIES over the last ``minutes`` (Prometheus query_range, 15 s steps)."""
+def monitoring(settings: Settings, minutes: int = 30) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Each chart of CHARTS over the last ``minutes``: its lines' points (Prometheus query_range, 15 s steps)."""
     end = time.time()
     out = {}
-    for name, query in QUERIES.items():
-        try:
-            resp = requests.get(f"{settings.prometheus}/api/v1/query_range", timeout=10,
-                                params={"query": query, "start": end - minutes * 60, "end": end, "step": 15})
-            resp.raise_for_status()
-        except requests.RequestException as exc:
-            raise Unavailable(f"Prometheus is not reachable at {settings.prometheus} ({type(exc).__name__}): "
-                              "install Debian's prometheus package and run `tasador up` to start it") from None
-        result = resp.json()["data"]["result"]
-        out[name] = [(float(t), float(v)) for t, v in result[0]["values"] if v not in ("NaN", "+Inf")] if result else []
+    for chart, lines in CHARTS.items():
+        out[chart] = {}
+        for line, query in lines.items():
+            try:
+                resp = requests.get(f"{settings.prometheus}/api/v1/query_range", timeout=10,
+                                    params={"query": query, "start": end - minutes * 60, "end": end, "step": 15})
+                resp.raise_for_status()
+            except requests.RequestException as exc:
+                raise Unavailable(f"Prometheus is not reachable at {settings.prometheus} ({type(exc).__name__}):"
+                                  " install Debian's prometheus package and run `tasador up` to start it") from None
+            for series in resp.json()["data"]["result"]:
+                kind = series["metric"].get("kind")
+                name = KIND_WORDS.get(kind, kind) if kind else line
+                points = [(float(t), float(v)) for t, v in series["values"] if v not in ("NaN", "+Inf")]
+                if points:
+                    out[chart][name] = points
     return out

@@ -189,9 +189,10 @@ def connect(url: str, attempts: int = 30, delay_s: float = 1.0, **params) -> psy
 
 
 @contextmanager
-def transaction(url: str) -> Iterator[psycopg2.extensions.cursor]:
-    """One connection, one transaction: committed on success, rolled back on any exception."""
-    conn = connect(url)
+def transaction(url: str, attempts: int = 30) -> Iterator[psycopg2.extensions.cursor]:
+    """One connection, one transaction: committed on success, rolled back on any exception.
+    ``attempts``: how many times to try connecting, a second apart (a page that must answer now uses few)."""
+    conn = connect(url, attempts=attempts)
     try:
         with conn, conn.cursor() as cur:
             yield cur

@@ -34,7 +34,9 @@ def register_ridge(s, ds, arrays, features, alpha: float) -> str:
     rmse = float(np.sqrt(np.mean((np.exp(pred) - ds.frame[ds.test]["price"].to_numpy()) ** 2)))
     return training.register(s, model, training.empty_run(s, f"serve-test-ridge-{alpha}"), ds,
                              {"rmse": rmse}, {"alpha": alpha},
-                             {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame))})
+                             {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame)),
+                              "data_hash": ds.data_hash, "trigger_batch_id": str(ds.batch_ids[-1]),
+                              "trigger_reason": f"a test's Ridge (alpha {alpha:g}) on batches {ds.batch_ids}"})
 
 
 def set_production(s, version: str) -> None:

@@ -18,10 +18,10 @@ import pytest
 import requests
 
 from cluster import processes
-from tasador import ray_jobs
+from tasador import history, ray_jobs, registry
 from tasador.promotion import promote
 from tests.conftest import module_data
-from tests.serving import listings, register_ridge, serving_model
+from tests.serving import listings, register_ridge, serving_model, set_production, wait_for_version
 
 settings = module_data()  # this module's own databases, model and experiment
 
@@ -81,9 +81,23 @@ def test_predict_form_gives_a_price_with_its_version_and_contributions(app, page
     assert page.inner_text("#price").startswith("$")
     assert page.inner_text("#model-version") == app["v1"]
     assert page.inner_text("#model-name") == "tasador-dash-test"
-    page.wait_for_selector("#contributions .bars, #contributions g.trace", timeout=30_000)
-    assert "Bedrooms" in page.inner_text("#contributions")
+    page.wait_for_selector("#contributions g.trace", timeout=30_000)
+    assert "Bedrooms" in page.inner_text("#contributions") and "base price" in page.inner_text("#contributions")
     screenshot(page, "predict")
+    prediction_id = page.inner_text("#prediction-id")
+    page.click("#lineage-link")
+    deadline = time.monotonic() + 30  # the prediction log writes within its flush interval
+    while time.monotonic() < deadline:
+        page.wait_for_selector("#lineage-walk, #lineage-error", timeout=30_000)
+        if page.locator("#lineage-walk").count():
+            break
+        time.sleep(1)
+        page.goto(f"{app['url']}/lineage?id={prediction_id}")
+    assert f"version {app['v1']} of tasador-dash-test" in page.inner_text("#lineage-version")
+    page.wait_for_selector("#lineage-raw-rows .ag-row", timeout=30_000)
+    assert str(app["batch_id"]) in page.inner_text("#lineage-batches")
+    assert "Ridge" in page.inner_text("#lineage-trigger")
+    screenshot(page, "lineage")
 
 
 def test_predict_form_shows_the_validation_message_naming_the_field(app, page):
@@ -100,8 +114,8 @@ def test_models_page_lists_versions_with_their_reasons(app, page):
     text = page.inner_text("#versions-table")
     assert "★ production" in text and "rejected" in text
     assert app["rejected"]["reason"][:40] in text
-    rows = page.locator("#versions-table tr.data-row")
-    assert rows.count() == 2
+    page.wait_for_selector("#versions-table .ag-row", timeout=30_000)
+    assert page.locator("#versions-table .ag-center-cols-container .ag-row").count() == 2
     page.wait_for_selector("#metrics-chart g.trace", timeout=30_000)
     screenshot(page, "models")
 
@@ -126,7 +140,7 @@ def test_monitoring_page_shows_serve_metrics_after_some_requests(app, page):
         page.goto(app["url"] + "/monitoring")
         while time.monotonic() < deadline:
             page.wait_for_selector("#monitoring-graphs, #monitoring-message", timeout=30_000)
-            if page.locator("#series-0.has-data").count() and page.locator("#series-3.has-data").count():
+            if page.locator("#series-0.has-data").count() and page.locator("#series-1.has-data").count():
                 break
             time.sleep(5)
             page.reload()
@@ -134,19 +148,23 @@ def test_monitoring_page_shows_serve_metrics_after_some_requests(app, page):
         stop.set()
         sender.join()
     assert page.locator("#series-0.has-data").count() == 1, page.inner_text("#page")[:2000]
-    assert page.locator("#series-3.has-data").count() == 1  # p99 latency
-    assert "request rate" in page.inner_text("#series-0")
+    assert page.locator("#series-1.has-data").count() == 1  # latency
+    assert "request rate" in page.inner_text("#series-0") and "p99" in page.inner_text("#series-1")
+    assert f"v{app['v1']}" in page.inner_text("#health-cards")
     screenshot(page, "monitoring")
 
 
 def test_data_page_shows_batches_and_the_drift_of_one(app, page):
     page.goto(app["url"] + "/data")
-    page.wait_for_selector("#batches-table", timeout=30_000)
-    assert page.locator("#batches-table tr.data-row").count() >= 1
-    page.wait_for_selector("#drift-table", timeout=30_000)
+    page.wait_for_selector("#batches-table .ag-row", timeout=30_000)
+    assert page.locator("#batches-table .ag-center-cols-container .ag-row").count() >= 1
+    page.wait_for_selector("#drift-table .ag-row", timeout=30_000)
     drift = page.inner_text("#drift-table")
     assert "price" in drift and "state" in drift
-    assert page.inner_text("#drift-reason").startswith("Decision:")
+    assert len(page.inner_text("#drift-reason")) > 20  # the decision in words
+    page.wait_for_selector("#drift-statistics g.trace", timeout=30_000)
+    page.wait_for_selector("#drift-distribution g.trace", timeout=30_000)  # batch against reference
+    assert "the batch against the reference" in page.inner_text("#drift-distribution")
     screenshot(page, "data")
 
 
@@ -158,3 +176,39 @@ def test_the_app_imports_nothing_from_serve_app_or_jobs():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("serve_app", "jobs") for n in names), (path, names)
+
+
+def test_models_page_timeline_answers_what_served_when_and_rolls_back_with_the_admin_token(app, page):
+    s, v1 = app["s"], app["v1"]
+    worse = app["rejected"]["version"]
+    set_production(s, worse)  # as if the poor version had served before...
+    assert promote(s, v1)["status"] == "promoted"  # ...and v1 replaced it: a recorded move
+    wait_for_version(s, v1)
+    page.goto(app["url"] + "/models")
+    page.wait_for_selector("#production-timeline g.trace", state="attached", timeout=30_000)
+    assert "promotion" in page.inner_text("#production-timeline")
+    page.fill("#rollback-reason", "v1 misprices condos (a test)")
+    page.fill("#rollback-token", "not-the-token")
+    page.click("#rollback-button")
+    page.wait_for_selector("#rollback-error", timeout=30_000)
+    assert "admin token is wrong" in page.inner_text("#rollback-error")
+    assert registry.production(s).version == v1
+    page.fill("#rollback-token", s.serve_admin_token_path.read_text().strip())
+    page.click("#rollback-button")
+    page.wait_for_selector("#rollback-done", timeout=30_000)
+    assert registry.production(s).version == worse
+    moves = history.moves(s)
+    assert (moves[-1]["kind"], moves[-1]["version"], moves[-1]["reason"]) == (
+        "rollback", worse, "v1 misprices condos (a test)")
+    wait_for_version(s, worse)
+    page.goto(app["url"] + "/models")
+    page.wait_for_selector("#production-timeline g.trace", state="attached", timeout=30_000)
+    assert "rollback" in page.inner_text("#production-timeline")
+    between = moves[-2]["moved_at"] + (moves[-1]["moved_at"] - moves[-2]["moved_at"]) / 2
+    page.fill("#served-at", between.isoformat())
+    page.press("#served-at", "Enter")
+    page.wait_for_function("document.querySelector('#served-at-answer').innerText.length > 0", timeout=30_000)
+    assert page.inner_text("#served-at-answer").startswith(f"v{v1} served at")
+    screenshot(page, "models")
+    assert promote(s, v1)["status"] == "promoted"  # back, recorded as a promotion
+    wait_for_version(s, v1)
