@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ def private_stack(scale: float, only: tuple[str, ...] | None = None) -> Iterator
             stack.up(settings, only=only)
             yield settings
         except BaseException:
+            traceback.print_exc()  # now: a lost GCS may end the process before Python would print it
             print(f"bench: the run failed; the stack's logs are kept in {keep_logs(settings)}", file=sys.stderr)
             raise
         finally:

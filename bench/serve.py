@@ -20,9 +20,11 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import requests
 
 from bench.common import CLIENT_NICENESS, parser, private_stack, report
+from bench.model_bound import bound_rows_per_s
 from cluster import processes, ray_head
 from tasador import registry, training
 from tasador.features import PriceModel
@@ -47,8 +49,8 @@ def wrk(url: str, body: str, connections: int, seconds: int, niceness: int = 0) 
             f.write(body)
         with open(script, "w") as f:
             f.write(LUA.format(body=body_file))
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
-                              "-s", script, url], capture_output=True, text=True, check=True,
+        out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout",
+                              "10s", "--latency", "-s", script, url], capture_output=True, text=True, check=True,
                              preexec_fn=lambda: os.nice(niceness)).stdout
     def ms(label):
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -114,8 +116,12 @@ def wait_version(url: str, version: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"{url} never served v{version}")
 
 
-def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
-    """wrk's single-row load for ``seconds``; the alias moves halfway; a probe times each request."""
+def hot_swap(settings, body: str, new_version: str, seconds: int = 20, rate: float | None = None) -> dict:
+    """Load for ``seconds``, the production alias moved halfway, a light probe (one request at a time,
+    niceness 0) timing each request and reading its version. The load: wrk's 64 closed-loop connections
+    (``rate`` None: as much as Serve answers), or hey paced at ``rate`` requests a second. The stall:
+    the slowest probe request that started from half a second before the move to half a second after
+    the first answer from the new version, less the probe's median before the move."""
     url = settings.serve
     probe, stop = [], threading.Event()
 
@@ -128,7 +134,19 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
                               resp.json().get("model_version") if resp.ok else None))
 
     load = {}
-    loader = threading.Thread(target=lambda: load.update(wrk(f"{url}/predict", body, 64, seconds)))
+
+    def run_load():
+        if rate is None:
+            load.update(wrk(f"{url}/predict", body, 64, seconds))
+            return
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            f.write(body)
+            f.flush()
+            done = hey(f"{url}/predict", f.name, 32, rate, seconds, CLIENT_NICENESS)
+        load.update(requests=len(done), failed=sum(1 for _, code in done if code != 200),
+                    non_2xx=sum(1 for _, code in done if code != 200), socket_errors={})
+
+    loader = threading.Thread(target=run_load)
     loader.start()
     probe_thread = threading.Thread(target=run_probe)
     probe_thread.start()
@@ -139,13 +157,15 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20) -> dict:
     stop.set()
     probe_thread.join()
     switched = min((t + d for t, d, _, v in probe if v == new_version), default=None)
-    around = [d for t, d, _, _ in probe if switched and moved - 1 <= t <= switched + 1]
+    around = [d for t, d, _, _ in probe if switched and moved - 0.5 <= t <= switched + 0.5]
+    before = [d for t, d, _, _ in probe if t + d < moved]
     return {"swap_failed_requests": load["failed"] + sum(1 for p in probe if p[2] != 200),
             "swap_load_requests": load["requests"] + len(probe),
             "swap_probe_failed": sorted({str(p[2]) for p in probe if p[2] != 200}),
             "swap_load_non_2xx": load["non_2xx"], "swap_load_socket_errors": load["socket_errors"],
             "swap_delay_s": round(switched - moved, 3) if switched else None,
             "swap_slowest_probe_ms": round(max(around) * 1000, 1) if around else None,
+            "swap_stall_ms": round((max(around) - float(np.median(before))) * 1000, 1) if around and before else None,
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}
 
 
@@ -171,42 +191,48 @@ def p99_ms(values: list[float]) -> float | None:
 def overload(settings, one: str, seconds: int) -> dict:
     """The sustainable single-listing rate (half of what closed-loop wrk connections get answered),
     then four times it: how fast the excess is refused (503 + Retry-After), the p99 of the accepted
-    requests against the p99 at the sustainable rate, and the slowest request of all."""
+    requests against the p99 at the sustainable rate, and the slowest request of all. Each rate is
+    timed twice: by hey, the load itself, and by a light probe beside it."""
     url = f"{settings.serve}/predict"
     nice = CLIENT_NICENESS  # below what they measure (bench.common)
     # closed loop with as many connections as HAProxy lets reach the two replicas at once (more would
     # only be refused, and a closed loop re-sends a refusal at once): answered requests per second
     saturated = wrk(url, one, 2 * settings.serve_replica_maxconn, seconds, nice)["ok_req_s"]
     rate = round(saturated / 2)
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
-        body.write(one)
-        body.flush()
-        calm = hey(url, body.name, 50, rate, seconds, nice)
-        retry_after: list[str | None] = []
-        probed: list[tuple[float, int]] = []
 
-        def probe():
-            """One light client beside hey, in this process (niceness 0, one request at a time, 5 ms
-            apart): reads the headers of refused requests, and times its requests as a client that
-            does not share the server's cores would see them (hey's 256 workers at Ray's niceness
-            queue behind the replicas for the CPU, and their own run-queue wait is in hey's times)."""
-            time.sleep(seconds / 3)
-            with requests.Session() as s:
-                for _ in range(300):
-                    started = time.perf_counter()
-                    r = s.post(url, data=one, headers={"Content-Type": "application/json"}, timeout=60)
-                    probed.append((time.perf_counter() - started, r.status_code))
-                    if r.status_code == 503:
-                        retry_after.append(r.headers.get("Retry-After"))
-                    time.sleep(0.005)
+    def probe(into: list, retry_after: list):
+        """One light client beside hey, in this process (niceness 0, one request at a time, 5 ms
+        apart): reads the headers of refused requests, and times its requests as a client that
+        does not share the server's cores would see them (hey's workers at Ray's niceness queue
+        behind the replicas for the CPU, and their own run-queue wait is in hey's times)."""
+        time.sleep(seconds / 3)
+        with requests.Session() as s:
+            for _ in range(300):
+                started = time.perf_counter()
+                r = s.post(url, data=one, headers={"Content-Type": "application/json"}, timeout=60)
+                into.append((time.perf_counter() - started, r.status_code))
+                if r.status_code == 503:
+                    retry_after.append(r.headers.get("Retry-After"))
+                time.sleep(0.005)
 
-        prober = threading.Thread(target=probe)
+    def timed(workers: int, offered: float) -> tuple[list, list, list]:
+        probed, retry_after = [], []
+        prober = threading.Thread(target=probe, args=(probed, retry_after))
         prober.start()
-        loaded = hey(url, body.name, 256, 4 * rate, seconds, nice)
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
+            body.write(one)
+            body.flush()
+            loaded = hey(url, body.name, workers, offered, seconds, nice)
         prober.join()
+        return loaded, probed, retry_after
+
+    calm, calm_probed, _ = timed(50, rate)
+    loaded, probed, retry_after = timed(256, 4 * rate)
     ok = [t for t, code in calm if code == 200]
     accepted = [t for t, code in loaded if code == 200]
     refused = [t for t, code in loaded if code == 503]
+    probe_calm = p99_ms([t for t, code in calm_probed if code == 200])
+    probe_accepted = p99_ms([t for t, code in probed if code == 200])
     return {"saturated_req_s": saturated, "sustainable_req_s": rate,
             "sustainable_p99_ms": p99_ms(ok), "sustainable_failed": len(calm) - len(ok),
             "overload_offered_req_s": 4 * rate, "overload_requests": len(loaded),
@@ -215,9 +241,12 @@ def overload(settings, one: str, seconds: int) -> dict:
             "overload_other_status": len(loaded) - len(accepted) - len(refused),
             "overload_slowest_ms": round(max(t for t, _ in loaded) * 1000, 1),
             "refused_with_retry_after": sum(1 for h in retry_after if h), "refused_probed": len(retry_after),
+            "probe_sustainable_p99_ms": probe_calm,
             "probe_refused_p99_ms": p99_ms([t for t, code in probed if code == 503]),
-            "probe_accepted_p99_ms": p99_ms([t for t, code in probed if code == 200]),
-            "accepted_p99_ratio": round(p99_ms(accepted) / p99_ms(ok), 2) if ok and accepted else None}
+            "probe_accepted_p99_ms": probe_accepted,
+            "accepted_p99_ratio": round(p99_ms(accepted) / p99_ms(ok), 2) if ok and accepted else None,
+            "probe_accepted_p99_ratio": round(probe_accepted / probe_calm, 2) if probe_calm and probe_accepted
+            else None}
 
 
 def large_requests(settings, one: str, rows: list[dict], seconds: int) -> dict:
@@ -273,9 +302,25 @@ def large_requests(settings, one: str, rows: list[dict], seconds: int) -> dict:
     return result
 
 
+def explain_p50_ms(url: str, one: str, requests_count: int = 200) -> float:
+    """One client, one listing at a time: the median of ``/explain``'s answers."""
+    times = []
+    with requests.Session() as s:
+        for _ in range(requests_count):
+            started = time.perf_counter()
+            s.post(f"{url}/explain", data=one, headers={"Content-Type": "application/json"},
+                   timeout=60).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return round(float(np.median(times[10:])) * 1000, 2)
+
+
 def throughput(result: dict, settings, version: str, one: str, thousand: str, seconds: int) -> None:
-    """Serve against the FastAPI baseline, single rows and 1,000-listing requests."""
+    """Serve against the FastAPI baseline, single rows and 1,000-listing requests; the model's own bound
+    for those rows (one process per core, no HTTP); /explain for one listing."""
     measure(result, "serve", settings.serve, one, thousand, seconds)
+    result["explain_p50_ms"] = explain_p50_ms(settings.serve, one)
+    rows = pd.DataFrame(json.loads(thousand)["listings"], columns=list(FEATURES))
+    result["bound_rows_per_s_1000"] = bound_rows_per_s(load_model(settings, version), rows, seconds)
     # the baseline as a user would run it, then with one OpenMP thread per request (as Ray gives
     # its workers): XGBoost's default of every core per call thrashes under 64 concurrent requests
     # its workers): XGBoost's default of every core per call thrashes under 64 concurrent requests; and
@@ -302,7 +347,8 @@ def throughput(result: dict, settings, version: str, one: str, thousand: str, se
     result.update(c1_p50_ms=result["serve_c1_p50_ms"], c1_p99_ms=result["serve_c1_p99_ms"],
                   c64_rps=result["serve_single_req_s"], c64_p99_ms=result["serve_single_p99_ms"],
                   baseline_c1_p50_ms=result["fastapi_2workers_c1_p50_ms"],
-                  baseline_c64_rps=result["fastapi_2workers_single_req_s"], rows_per_s_1000=result["serve_1000_rows_s"])
+                  baseline_c64_rps=result["fastapi_2workers_single_req_s"], rows_per_s_1000=result["serve_1000_rows_s"],
+                  rows_1000_vs_bound=round(result["serve_1000_rows_s"] / result["bound_rows_per_s_1000"], 2))
 
 
 def main() -> None:
@@ -331,8 +377,18 @@ def main() -> None:
         if "throughput" in args.part:
             throughput(result, settings, version, one, thousand, seconds)
         if "swap" in args.part:
-            new_version = register(settings, load_model(settings, version), ds)  # the same model, a new version
-            result.update(hot_swap(settings, one, new_version, seconds=20 if not args.quick else 10))
+            model = load_model(settings, version)
+            # under as much load as Serve answers: no request fails, the new version within 5 s
+            swapped = hot_swap(settings, one, register(settings, model, ds), seconds=20 if not args.quick else 10)
+            result.update(swapped, swap_failed=swapped["swap_failed_requests"])
+            # at half the sustainable rate (itself half of what Serve answers): how long the swap stalls a request
+            sustainable = (result.get("sustainable_req_s")
+                           or wrk(f"{settings.serve}/predict", one, 32, 5)["ok_req_s"] / 2)
+            calm = hot_swap(settings, one, register(settings, model, ds), seconds=20 if not args.quick else 10,
+                            rate=sustainable / 2)
+            result.update({f"half_rate_{k}": v for k, v in calm.items()}, swap_half_rate_req_s=round(sustainable / 2),
+                          swap_stall_ms=calm["swap_stall_ms"],
+                          swap_failed=swapped["swap_failed_requests"] + calm["swap_failed_requests"])
         result["model_version"] = version
         import ray
 
