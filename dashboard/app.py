@@ -138,7 +138,7 @@ def models_page():
     columns = ["version", "status", "family", "rmse", "mae", "r2", "rows", "batch_ids", "data_hash", "created",
                "links", "trigger_reason", "promotion_reason"]
     for v in versions:
-        v["links"] = f"[run]({v['run_url']})" if v.get("run_url") else ""
+        v["links"] = " ".join(f"[{name}]({v[key]})" for name, key in VERSION_LINKS if v.get(key))
     table = grid(versions, columns, "versions-table", wide=("trigger_reason", "promotion_reason"), production_row=True)
     for d in table.columnDefs:
         if d["field"] == "links":
@@ -164,6 +164,7 @@ def models_page():
     ])
 
 
+VERSION_LINKS = (("MLflow", "run_url"), ("Ray job logs", "job_url"))  # a version's row -> its run and its job
 KIND_COLOURS = {"promotion": GREEN, "rollback": ORANGE}
 
 

@@ -83,6 +83,7 @@ def _version(v, production: str | None, settings: Settings) -> dict:
             **{k: metrics.get(k) for k in ("rmse", "mae", "r2", "mape")},
             "rows": tags.get("rows"), "batch_ids": tags.get("batch_ids", "[]"), "data_hash": tags.get("data_hash"),
             "run_url": f"{settings.mlflow_uri}/#/models/{settings.model_name}/versions/{v.version}",
+            "job_url": f"{settings.ray_dashboard}/#/jobs/{tags['ray_job_id']}" if tags.get("ray_job_id") else None,
             "promotion": tags.get("promotion", "not decided"), "promotion_reason": tags.get("promotion_reason", ""),
             "trigger_reason": tags.get("trigger_reason", ""), "created": time.strftime(
                 "%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000))}

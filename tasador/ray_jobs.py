@@ -164,6 +164,17 @@ def submission_id(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))[:180]
 
 
+def current_submission_id() -> str | None:
+    """The submission id of the Ray job this process is the driver of, or None outside a job. Ray's job
+    supervisor hands its driver the job's config, metadata included, in this variable (Ray 2.60
+    ``job_supervisor.py``; there is no public getter for the submission id)."""
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    try:
+        return json.loads(config)["metadata"]["job_submission_id"] if config else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def run_attached(settings: Settings, module: str, args: list[str], base_id: str, timeout_s: float = 3600,
                  echo=None, on_submit=None) -> JobOutcome:
     """Run the step's job once per ``base_id`` (one task of one DAG run), whatever retries: attempt

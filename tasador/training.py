@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from psycopg2 import sql
 
-from tasador import compiled, db, faults
+from tasador import compiled, db, faults, ray_jobs
 from tasador.cleaning import SPLIT_KEY_SQL, split_key
 from tasador.features import ListingFeatures, PriceModel
 from tasador.models import STEPS, price_metrics, trials
@@ -206,6 +206,8 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
                "trigger_reason": trigger["retrain_reason"][:5000]}
     if training_id is not None:
         lineage.update(training_id=str(training_id), decision_batch_ids=json.dumps(covers or []))
+    if job := ray_jobs.current_submission_id():
+        lineage["ray_job_id"] = job  # the Dash app links the version to this job's logs
     name = f"train-{trigger['batch_id']}-{int(time.time())}"
     skip = ("xgboost",) if settings.xgb_distributed and "xgboost" in {c["family"] for c in searched(settings)} else ()
     with tracking_server(settings), mlflow.start_run(

@@ -3,6 +3,7 @@ tests/test_operator.py against the real stack)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -43,3 +44,15 @@ def test_served_versions_counts_the_production_a_move_replaced():
     assert served_versions([{"version": "4", "previous_version": "2"}]) == ["2", "4"]
     assert served_versions(MOVES) == ["1", "3"]
     assert served_versions([]) == []
+
+
+def test_a_job_driver_knows_its_submission_id_from_rays_job_config(monkeypatch):
+    from tasador import ray_jobs
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert ray_jobs.current_submission_id() is None
+    config = {"runtime_env": {}, "metadata": {"job_submission_id": "tasador-train-0123", "job_name": "x"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(config))
+    assert ray_jobs.current_submission_id() == "tasador-train-0123"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{not json")
+    assert ray_jobs.current_submission_id() is None

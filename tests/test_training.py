@@ -56,6 +56,8 @@ def test_first_training_is_registered_and_promoted(settings, trained):
     assert tags["family"] == train["family"] and tags["promotion"] == "promoted"
     assert int(tags["rows"]) == train["rows"] and len(tags["data_hash"]) == 16
     assert "no production model" in tags["trigger_reason"]
+    job = ray_jobs.JobsApi(settings).find(tags["ray_job_id"])  # the job whose logs the Dash app links to
+    assert tags["ray_job_id"].startswith("tasador-train-") and job["status"] == "SUCCEEDED"
     assert set(json.loads(tags["metrics"])) >= {"rmse", "mae", "r2", "mape"}
     assert set(json.loads(tags["shap_importance"])) == set(FEATURES)
 
