@@ -93,6 +93,10 @@ class StepProgress:
 
     def __call__(self, run: dict) -> None:
         now = time.monotonic()
+        if run.get("state") == "queued" and "run" not in self.states:  # once: why nothing moves yet
+            self.states["run"] = "queued"
+            print(f"  {_clock(now - self.began)}  queued: Airflow runs one run of the DAG at a time "
+                  "(max_active_runs=1); the scheduled or earlier run goes first", flush=True)
         for task in sorted(run["tasks"], key=lambda t: t.get("start_date") or "~"):
             name, state = task["task_id"], task["state"] or "waiting"
             if self.states.get(name) != state:

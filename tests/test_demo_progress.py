@@ -23,3 +23,11 @@ def test_a_line_per_change_of_state_and_a_beat_while_a_step_runs(capsys):
     assert "ingest" in lines[1] and "running for 1:1" in lines[1]  # 75 s and a little more
     assert lines[2].split()[1:] == ["ingest", "success"] and lines[3].split()[1:] == ["process", "running"]
     assert len(lines) == 4  # a step that has not started says nothing
+
+
+def test_a_queued_run_says_so_once(capsys):
+    progress = StepProgress(Settings.load(env={}), beat_s=0)
+    for _ in range(3):
+        progress({"state": "queued", "tasks": []})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "queued" in lines[0] and "one run of the DAG at a time" in lines[0]
