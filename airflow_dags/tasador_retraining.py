@@ -56,7 +56,7 @@ def run_step(step: str, *extra: str) -> dict:
     return {"job_id": outcome.job_id, "summary": outcome.summary}
 
 
-@dag(dag_id="tasador_retraining", schedule=SETTINGS.airflow_schedule or None,
+@dag(dag_id="tasador_retraining", schedule=SETTINGS.dag_schedule,
      start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False, max_active_runs=1,
      is_paused_upon_creation=SETTINGS.airflow_paused,
      default_args={"retries": SETTINGS.airflow_retries,

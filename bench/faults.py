@@ -199,14 +199,15 @@ def concurrent_pipelines(lab: Lab) -> dict:
 
 
 def scheduled_runs(s: Settings) -> list[dict]:
-    """The DAG's scheduled runs, newest first."""
+    """The DAG's scheduled runs, oldest first (none while the API server is not answering yet)."""
+    import requests
+
     from cluster import airflow
 
-    listed = airflow.airflow(s, "dags", "list-runs", airflow.DAG_ID, "-o", "json")
-    if listed.returncode != 0:
+    try:
+        return airflow.runs(s, "scheduled")
+    except requests.RequestException:
         return []
-    return [r for r in json.loads(listed.stdout.strip().splitlines()[-1] or "[]")
-            if r["run_id"].startswith("scheduled__")]
 
 
 def with_scheduler(s: Settings) -> Settings:
@@ -220,11 +221,13 @@ def with_scheduler(s: Settings) -> Settings:
 def first_scheduled_run(s: Settings, timeout_s: float = 900) -> dict:
     """Wait for the scheduler's first run to succeed; no scheduled run may fail."""
     deadline = time.monotonic() + timeout_s
-    while not any(r["state"] == "success" for r in scheduled_runs(s)):
-        assert not [r for r in scheduled_runs(s) if r["state"] == "failed"], scheduled_runs(s)
+    while True:
+        found = scheduled_runs(s)
+        if any(r["state"] == "success" for r in found):
+            return found[0]
+        assert not [r for r in found if r["state"] == "failed"], found
         assert time.monotonic() < deadline, f"no scheduled run succeeded in {timeout_s:.0f}s"
-        time.sleep(3)
-    return scheduled_runs(s)[-1]  # the oldest: list-runs puts the newest first
+        time.sleep(2)
 
 
 def settle_after_airflow(s: Settings, timeout_s: float = 900) -> None:

@@ -30,49 +30,65 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     scale = 0.1 if args.quick else 1.0
     with private_stack(scale) as settings:
-        ingested = ingest_next(settings, 1, "bench")
-        rows = ingested.rows
-        batch_id = ingested.batch_id
-        use_cluster_auth(settings)
-        import ray
-
-        ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
-        try:
-            processing.clean_with_ray(settings, batch_id)  # warm the workers once, as a running cluster is
-            with timer() as t_tasador:
-                result = processing.process_pending(settings, 1, "bench")
-        finally:
-            ray.shutdown()  # before the stack goes down, or the driver aborts waiting for the GCS
-        assert result["batches"][0]["clean_rows"] + result["batches"][0]["rejected_rows"] == rows
-
-        engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.raw_db))
-        clean_engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.clean_db))
-        with timer() as t_pandas:
-            with contextlib.closing(db.connect(settings.raw_db)) as conn:
-                raw_sql = processing.raw_batch_query().as_string(conn).replace("%s", ":b")
-            raw = pd.read_sql(sqlalchemy.text(raw_sql), engine, params={"b": batch_id})
-            df = mark_duplicates(clean_frame(raw, settings.clean_price_min, settings.clean_price_max))
-            df[df["reason"].isna()][list(CLEAN_COLUMNS)].to_sql("bench_pandas_clean", clean_engine,
-                                                                  if_exists="replace", index=False, chunksize=10_000)
-            df[df["reason"].notna()][["raw_id", "batch_id", "reason"]].to_sql(
-                "bench_pandas_rejects", clean_engine, if_exists="replace", index=False)
-        engine.dispose()
-        clean_engine.dispose()
-
-        clean = df[df["reason"].isna()][list(CLEAN_COLUMNS)]
-        rendered = io.StringIO()
-        clean.to_csv(rendered, index=False, header=False)
-        with db.transaction(settings.clean_db) as cur:
-            cur.execute("CREATE TABLE bench_bound (LIKE listings INCLUDING INDEXES)")
-        with timer() as t_bound:
-            with db.transaction(settings.raw_db) as cur:
-                db.copy_out_csv(cur, processing.raw_batch_query(batch_id))
-            with db.transaction(settings.clean_db) as cur:
-                rendered.seek(0)
-                copy = sql.SQL("COPY bench_bound ({}) FROM STDIN WITH (FORMAT csv)").format(
-                    db.identifiers(CLEAN_COLUMNS))
-                cur.copy_expert(copy.as_string(cur), rendered)
+        rows, batch_id, t_tasador = tasador_time(settings, 1, "bench")
+        t_pandas, clean = pandas_time(settings, batch_id)
+        t_bound = copy_bound_time(settings, batch_id, clean)
         _report(rows, scale, t_tasador, t_pandas, t_bound)
+
+
+def tasador_time(settings, group: int, day: str) -> tuple[int, int, dict]:
+    """Ingest (group, day)'s next batch, then time ``process_pending`` on it from this process, a driver
+    of the stack's Ray cluster (its workers warmed once first, as a running cluster's are): (raw rows,
+    batch id, timer)."""
+    ingested = ingest_next(settings, group, day)
+    use_cluster_auth(settings)
+    import ray
+
+    ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
+    try:
+        processing.clean_with_ray(settings, ingested.batch_id)
+        with timer() as t_tasador:
+            result = processing.process_pending(settings, group, day)
+    finally:
+        ray.shutdown()  # before the stack goes down, or the driver aborts waiting for the GCS
+    assert result["batches"][0]["clean_rows"] + result["batches"][0]["rejected_rows"] == ingested.rows
+    return ingested.rows, ingested.batch_id, t_tasador
+
+
+def pandas_time(settings, batch_id: int) -> tuple[dict, pd.DataFrame]:
+    """The baseline: ``pd.read_sql``, the same rules, ``to_sql``; (timer, the clean rows)."""
+    engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.raw_db))
+    clean_engine = sqlalchemy.create_engine(db.sqlalchemy_url(settings.clean_db))
+    with timer() as t_pandas:
+        with contextlib.closing(db.connect(settings.raw_db)) as conn:
+            raw_sql = processing.raw_batch_query().as_string(conn).replace("%s", ":b")
+        raw = pd.read_sql(sqlalchemy.text(raw_sql), engine, params={"b": batch_id})
+        df = mark_duplicates(clean_frame(raw, settings.clean_price_min, settings.clean_price_max))
+        df[df["reason"].isna()][list(CLEAN_COLUMNS)].to_sql("bench_pandas_clean", clean_engine,
+                                                              if_exists="replace", index=False, chunksize=10_000)
+        df[df["reason"].notna()][["raw_id", "batch_id", "reason"]].to_sql(
+            "bench_pandas_rejects", clean_engine, if_exists="replace", index=False)
+    engine.dispose()
+    clean_engine.dispose()
+    return t_pandas, df[df["reason"].isna()][list(CLEAN_COLUMNS)]
+
+
+def copy_bound_time(settings, batch_id: int, clean: pd.DataFrame) -> dict:
+    """The bound: a bare COPY out of the batch's raw rows plus a bare COPY in of its clean rows (rendered
+    before the clock starts) into a table like ``listings`` (same indexes)."""
+    rendered = io.StringIO()
+    clean.to_csv(rendered, index=False, header=False)
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("DROP TABLE IF EXISTS bench_bound")
+        cur.execute("CREATE TABLE bench_bound (LIKE listings INCLUDING INDEXES)")
+    with timer() as t_bound:
+        with db.transaction(settings.raw_db) as cur:
+            db.copy_out_csv(cur, processing.raw_batch_query(batch_id))
+        with db.transaction(settings.clean_db) as cur:
+            rendered.seek(0)
+            copy = sql.SQL("COPY bench_bound ({}) FROM STDIN WITH (FORMAT csv)").format(db.identifiers(CLEAN_COLUMNS))
+            cur.copy_expert(copy.as_string(cur), rendered)
+    return t_bound
 
 
 def _report(rows, scale, t_tasador, t_pandas, t_bound) -> None:

@@ -93,7 +93,9 @@ class StepProgress:
 
     def __call__(self, run: dict) -> None:
         now = time.monotonic()
-        if run.get("state") == "queued" and "run" not in self.states:  # once: why nothing moves yet
+        # once, and only when it lasts (a run is queued for a second or two before the scheduler starts
+        # it): why nothing moves yet
+        if run.get("state") == "queued" and "run" not in self.states and now - self.began >= self.beat_s:
             self.states["run"] = "queued"
             print(f"  {_clock(now - self.began)}  queued: Airflow runs one run of the DAG at a time "
                   "(max_active_runs=1); the scheduled or earlier run goes first", flush=True)

@@ -107,14 +107,23 @@ def start(settings: Settings) -> int:
 
 
 def set_paused(settings: Settings, paused: bool, timeout_s: float = 180) -> None:
-    """Pause or unpause the DAG, waiting for the DAG processor to have parsed it first."""
-    _retry_until_ok(settings, ["dags", "pause" if paused else "unpause", DAG_ID, "-y"], timeout_s)
+    """Pause or unpause the DAG, waiting for the DAG processor to have parsed it first (404 until then)."""
+    RestApi(settings).until_ok("PATCH", f"/dags/{DAG_ID}", {"is_paused": paused}, timeout_s)
 
 
 def trigger(settings: Settings, run_id: str, timeout_s: float = 180) -> str:
-    """Start a run of the DAG through the scheduler (``airflow dags trigger``); returns its run id."""
-    _retry_until_ok(settings, ["dags", "trigger", DAG_ID, "-r", run_id], timeout_s)
+    """Start a run of the DAG through the scheduler (``POST /dags/{id}/dagRuns``); returns its run id.
+    A run of that id already there (a retried trigger) is that run."""
+    RestApi(settings).until_ok("POST", f"/dags/{DAG_ID}/dagRuns", {"dag_run_id": run_id, "logical_date": None},
+                               timeout_s, done=(409,))
     return run_id
+
+
+def runs(settings: Settings, run_type: str | None = None) -> list[dict]:
+    """The DAG's runs (of ``run_type``: "scheduled", "manual"), oldest first, each with its ``run_id``."""
+    query = f"?limit=100&order_by=run_after{f'&run_type={run_type}' if run_type else ''}"
+    listed = RestApi(settings).get(f"/dags/{DAG_ID}/dagRuns{query}")["dag_runs"]
+    return [{**r, "run_id": r["dag_run_id"]} for r in listed]
 
 
 class RestApi:
@@ -137,15 +146,37 @@ class RestApi:
         answer.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
 
-    def get(self, path: str) -> dict:
+    def request(self, method: str, path: str, body: dict | None = None):
         if "Authorization" not in self.session.headers:
             self._token()
-        answer = self.session.get(f"{self.base}/api/v2{path}", timeout=30)
+        answer = self.session.request(method, f"{self.base}/api/v2{path}", json=body, timeout=30)
         if answer.status_code == 401:  # the token expired: a new one, once
             self._token()
-            answer = self.session.get(f"{self.base}/api/v2{path}", timeout=30)
+            answer = self.session.request(method, f"{self.base}/api/v2{path}", json=body, timeout=30)
+        return answer
+
+    def get(self, path: str) -> dict:
+        answer = self.request("GET", path)
         answer.raise_for_status()
         return answer.json()
+
+    def until_ok(self, method: str, path: str, body: dict, timeout_s: float, done: tuple[int, ...] = ()) -> None:
+        """Send until answered 2xx (or a status in ``done``): the DAG is unknown (404) until the DAG
+        processor has parsed it, and the API server may still be starting."""
+        import requests
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                answer = self.request(method, path, body)
+                if answer.ok or answer.status_code in done:
+                    return
+                problem = f"HTTP {answer.status_code}: {answer.text[:1000]}"
+            except requests.RequestException as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Airflow {method} {path} failed for {timeout_s:.0f}s: {problem}")
+            time.sleep(1)
 
     def run(self, run_id: str) -> dict:
         """The run (its ``state``) and its tasks (``task_id``, ``state``, ``start_date``, ``end_date``)."""
@@ -174,17 +205,6 @@ def wait_run(settings: Settings, run_id: str, timeout_s: float = 7200, poll_s: f
                 return run["state"]
         time.sleep(poll_s)
     raise TimeoutError(f"the Airflow run {run_id} of {DAG_ID} did not end within {timeout_s:.0f}s")
-
-
-def _retry_until_ok(settings: Settings, args: list[str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        done = airflow(settings, *args)
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"airflow {' '.join(args)} failed: {(done.stdout + done.stderr)[-2000:]}")
-        time.sleep(2)
 
 
 def _create_database(settings: Settings) -> None:

@@ -36,11 +36,21 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv with $PY"
   "$PY" -m venv .venv
 fi
+# uv installs what pip would (the same resolution, checked on this machine: identical `pip freeze`) in
+# about a sixth of the time, which a clean clone's CI run pays on every run; pip when uv cannot be had
+if [ -n "${PIP_FIND_LINKS:-}" ] && [ -z "${UV_FIND_LINKS:-}" ]; then export UV_FIND_LINKS="$PIP_FIND_LINKS"; fi
+install_into() {  # install_into VENV ARGS...: pip's arguments, through uv when there is one
+  local venv="$1"; shift
+  if [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q uv >/dev/null 2>&1; then
+    .venv/bin/uv pip install -q --python "$venv/bin/python" "$@"
+  else
+    "$venv/bin/python" -m pip install -q "$@"
+  fi
+}
 stamp=".venv/.tasador-installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing the project and its dependencies (extras: $EXTRAS)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+  install_into .venv -e ".[${EXTRAS}]"
   rm -f .venv/.tasador-installed-*
   touch "$stamp"
 fi
@@ -52,9 +62,8 @@ if [ "${TASADOR_AIRFLOW:-1}" = 1 ]; then
   if [ ! -f "$af_stamp" ]; then
     echo "bootstrap: installing Airflow into .venv-airflow"
     [ -x .venv-airflow/bin/python ] || "$PY" -m venv .venv-airflow
-    .venv-airflow/bin/python -m pip install -q --upgrade pip
-    .venv-airflow/bin/python -m pip install -q "apache-airflow[postgres]==$(sed -n 's/.*"apache-airflow==\([0-9.]*\)".*/\1/p' pyproject.toml)"
-    .venv-airflow/bin/python -m pip install -q --no-deps -e .
+    install_into .venv-airflow "apache-airflow[postgres]==$(sed -n 's/.*"apache-airflow==\([0-9.]*\)".*/\1/p' pyproject.toml)"
+    install_into .venv-airflow --no-deps -e .
     rm -f .venv-airflow/.tasador-installed-*
     touch "$af_stamp"
   fi

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from psycopg2.extras import Json
 
-from tasador import db, drift, faults, locks
-from tasador.registry import Production
+from tasador import db, faults, locks
 from tasador.settings import Settings
+
+if TYPE_CHECKING:  # drift (pandas) and the registry (MLflow) load only when a batch is decided
+    from tasador import drift
+    from tasador.registry import Production
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ def retrain_verdict(production_version: str | None, report: drift.DriftReport | 
 
 def decide(settings: Settings, batch_id: int, production: Production | None) -> dict:
     """Compare the batch with the production model's data, decide, record, return the record."""
+    from tasador import drift
+
     existing = get(settings, batch_id)
     if existing:
         return {**existing, "status": "already_decided"}
@@ -75,13 +81,16 @@ def decide(settings: Settings, batch_id: int, production: Production | None) -> 
 def decide_pending(settings: Settings, group: int, day: str) -> dict:
     """Decide every processed batch of (group, day) that has no decision yet, oldest first. The summary
     says what work is pending: retrain decisions no training carried out yet (this run's or an earlier
-    one's), and trained versions whose promotion is not recorded."""
+    one's), and trained versions whose promotion is not recorded. ``production_version`` is the version
+    the batches were compared with (None when there was nothing to decide)."""
     from tasador import registry
 
     with locks.writer_lock(settings, locks.pipeline(group, day), "decide"):
-        production = registry.production(settings)
-        results = [summary(decide(settings, b["batch_id"], production))
-                   for b in undecided_batches(settings, group, day)]
+        undecided = undecided_batches(settings, group, day)
+        # the registry only when there is something to compare: importing MLflow costs about 2 s, most
+        # of a decide's fixed cost when the batch is unchanged (issue 18's step overhead)
+        production = registry.production(settings) if undecided else None
+        results = [summary(decide(settings, b["batch_id"], production)) for b in undecided]
         pending = pending_work(settings, group, day)
     return {"job": "decide", "status": "decided" if results else "nothing_to_decide", "group_number": group,
             "day": day, "production_version": production.version if production else None,

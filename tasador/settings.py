@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     prometheus_url: str = ""  # empty: the local server
     dash_port: int = 8050
     # Airflow (when its environment is installed: scripts/bootstrap.sh with TASADOR_AIRFLOW=1)
-    airflow_schedule: str = "@hourly"  # the retraining DAG's schedule; empty: only when triggered
+    airflow_schedule: str = "@hourly"  # the retraining DAG's schedule; "none": only when triggered (dag_schedule)
     airflow_retries: int = 2
     airflow_job_timeout_s: float = 3600.0
     airflow_port: int = 8081
@@ -241,6 +241,13 @@ class Settings(BaseSettings):
 
     def replace(self, **changes) -> Settings:
         return type(self)(**{**self.model_dump(), **changes})
+
+    @property
+    def dag_schedule(self) -> str | None:
+        """The retraining DAG's schedule as Airflow takes it: None (triggered runs only) for "none" or an
+        empty value (an empty variable is ignored in the environment, so "none" is the one that travels)."""
+        value = self.airflow_schedule.strip()
+        return None if value.lower() in ("", "none") else value
 
     def as_env(self) -> dict[str, str]:
         """Every setting as ``TASADOR_*`` variables (state_dir made absolute), for runtime_env."""

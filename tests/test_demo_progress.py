@@ -31,3 +31,9 @@ def test_a_queued_run_says_so_once(capsys):
         progress({"state": "queued", "tasks": []})
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "queued" in lines[0] and "one run of the DAG at a time" in lines[0]
+
+
+def test_a_run_queued_for_a_moment_says_nothing(capsys):
+    progress = StepProgress(Settings.load(env={}), beat_s=20)
+    progress({"state": "queued", "tasks": []})
+    assert capsys.readouterr().out == ""

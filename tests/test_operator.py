@@ -33,18 +33,15 @@ def served(settings):
         assert outcome.status == "SUCCEEDED", outcome.logs[-3000:]
     ds = training.load_dataset(s)
     features, arrays = training.prepare(ds)
-    serve.deploy(s)
-    try:
-        v1 = register_ridge(s, ds, arrays, features, alpha=1e6)
-        assert promote(s, v1)["status"] == "promoted"
-        v2 = register_ridge(s, ds, arrays, features, alpha=1.0)
-        assert promote(s, v2)["status"] == "promoted"
-        v3 = register_ridge(s, ds, arrays, features, alpha=1e7)
-        assert promote(s, v3)["status"] == "rejected"
-        wait_for_version(s, v2)
-        yield {"s": s, "ds": ds, "v1": v1, "v2": v2, "v3": v3, "runner": CliRunner()}
-    finally:
-        serve.deploy(settings)
+    serve.deploy(s)  # left following this module's model (tests/serving.py: each module deploys its own)
+    v1 = register_ridge(s, ds, arrays, features, alpha=1e6)
+    assert promote(s, v1)["status"] == "promoted"
+    v2 = register_ridge(s, ds, arrays, features, alpha=1.0)
+    assert promote(s, v2)["status"] == "promoted"
+    v3 = register_ridge(s, ds, arrays, features, alpha=1e7)
+    assert promote(s, v3)["status"] == "rejected"
+    wait_for_version(s, v2)
+    return {"s": s, "ds": ds, "v1": v1, "v2": v2, "v3": v3, "runner": CliRunner()}
 
 
 def cli(ctx, *args: str, input: str | None = None):

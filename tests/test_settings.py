@@ -34,6 +34,16 @@ def test_env_round_trip():
     assert back.state_path == s.state_path and back.mlflow_credentials_path == s.mlflow_credentials_path
 
 
+def test_a_schedule_of_none_travels_through_the_environment_as_triggered_runs_only():
+    """An empty variable is ignored (the default, hourly, would come back): "none" is how a stack's
+    DAG gets no schedule, and it survives the trip through a child process's environment."""
+    s = Settings.load(env={"TASADOR_AIRFLOW_SCHEDULE": "none"}, dotenv="/none")
+    assert s.dag_schedule is None
+    assert Settings.load(env=s.as_env(), dotenv="/none").dag_schedule is None
+    assert Settings.load(env={"TASADOR_AIRFLOW_SCHEDULE": ""}, dotenv="/none").dag_schedule == "@hourly"
+    assert Settings.load(env={"TASADOR_AIRFLOW_SCHEDULE": "*/5 * * * *"}, dotenv="/none").dag_schedule == "*/5 * * * *"
+
+
 def test_env_example_lists_every_setting():
     listed = {line.split("=", 1)[0].strip().lstrip("# ") for line in (REPO / ".env.example").read_text().splitlines()
               if "TASADOR_" in line and "=" in line}
