@@ -27,6 +27,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from datetime import datetime
 
@@ -64,10 +65,14 @@ def main() -> None:
 def measure(s: Settings, scale: float) -> dict:
     from cli import demo
 
-    with timer() as t_cycle:
+    with CpuSampler() as cpu, timer() as t_cycle:
         demo.through_airflow(s)
     steps = timeline(s)
     print_timeline(steps)
+    last_train = [x for x in steps if x["task"] == "train" and x["state"] == "success"][-1]
+    print(f"where the cores went during the last training ({last_train['run']}, {last_train['seconds']:.0f} s):")
+    for label, cores in cpu.busiest(last_train["start"], last_train["end"]):
+        print(f"{cores:6.3f} cores  {label}", flush=True)
     overheads = [step_overhead(s) for _ in range(5)]
     with timer() as t_load:
         rows = len(training.load_dataset(s).frame)
@@ -102,8 +107,8 @@ def timeline(s: Settings) -> list[dict]:
         previous_end = _time(run["start_date"])
         for task in sorted((t for t in tasks if t.get("start_date")), key=lambda t: t["start_date"]):
             start, end = _time(task["start_date"]), _time(task["end_date"] or task["start_date"])
-            out.append({"run": run["run_id"], "task": task["task_id"], "state": task["state"],
-                        "seconds": end - start, "gap_s": max(0.0, start - previous_end)})
+            out.append({"run": run["run_id"], "task": task["task_id"], "state": task["state"], "start": start,
+                        "end": end, "seconds": end - start, "gap_s": max(0.0, start - previous_end)})
             previous_end = end
     return out
 
@@ -113,6 +118,39 @@ def print_timeline(steps: list[dict]) -> None:
         mine = [x for x in steps if x["run"] == run]
         parts = "  ".join(f"{x['task']} {x['seconds']:.1f}s (+{x['gap_s']:.1f})" for x in mine)
         print(f"{run}: {sum(x['seconds'] + x['gap_s'] for x in mine):.1f}s  {parts}", flush=True)
+
+
+class CpuSampler:
+    """Every process's CPU seconds every 5 s in a thread (``bench.idle.cpu_seconds``), so that a window of
+    the cycle (a training) can be broken down by process afterwards."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.samples, self._stop = every_s, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.time(), idle.cpu_seconds()))
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+    def busiest(self, start: float, end: float, top: int = 15) -> list[tuple[str, float]]:
+        """(process, cores) over the samples that bracket [start, end], the busiest first."""
+        before = max((x for x in self.samples if x[0] <= start), key=lambda x: x[0], default=self.samples[0])
+        after = min((x for x in self.samples if x[0] >= end), key=lambda x: x[0], default=self.samples[-1])
+        elapsed = max(after[0] - before[0], 1e-9)
+        used: dict[str, float] = {}
+        for pid, (label, cpu) in after[1].items():
+            used[label] = used.get(label, 0.0) + (cpu - before[1].get(pid, (label, 0.0))[1]) / elapsed
+        return sorted(used.items(), key=lambda x: -x[1])[:top]
 
 
 def step_overhead(s: Settings) -> float:
