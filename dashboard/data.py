@@ -12,7 +12,7 @@ import requests
 from psycopg2 import sql
 
 from tasador import db, history
-from tasador.registry import mlflow_client
+from tasador.registry import mlflow_client, thread_identity
 from tasador.settings import Settings
 
 PAGE_DB_ATTEMPTS = 2  # a page says PostgreSQL is unavailable within seconds rather than retrying for 30
@@ -196,11 +196,9 @@ def rollback(settings: Settings, version: str, reason: str, token: str) -> dict:
     if not token or not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise PermissionError("the admin token is wrong: a rollback needs the Serve admin token "
                               f"(in {settings.serve_admin_token_path})")
-    writer = settings.replace(mlflow_credentials_file=str(settings.mlflow_identity_path("writer")))
-    try:
-        return history.rollback(writer, version, reason)
-    finally:
-        mlflow_client(settings)  # this process's MLflow calls are the reader's again
+    writer_file = settings.mlflow_identity_path("writer")
+    with thread_identity(writer_file):  # this request's thread only: the app's other threads stay the reader
+        return history.rollback(settings.replace(mlflow_credentials_file=str(writer_file)), version, reason)
 
 
 # -- Prometheus -------------------------------------------------------------------------------------

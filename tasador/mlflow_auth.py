@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
 from requests.auth import HTTPBasicAuth
 
-from tasador.registry import IDENTITY_FILE_ENV, MLFLOW_AUTH_ENV
+from tasador.registry import IDENTITY_FILE_ENV, MLFLOW_AUTH_ENV, thread_identity_file
 
 PROVIDER = MLFLOW_AUTH_ENV["MLFLOW_TRACKING_AUTH"]  # registered under this name in pyproject.toml
 
@@ -34,15 +34,16 @@ def read(path: Path) -> tuple[str, str]:
 
 
 class FileCredentials(RequestAuthProvider):
-    """Basic auth read at each request (a replaced file takes effect at once) from the file
-    ``TASADOR_MLFLOW_AUTH_FILE`` names, else from the settings' ``mlflow_credentials_path`` (a Tune
+    """Basic auth read at each request (a replaced file takes effect at once) from this thread's
+    ``registry.thread_identity`` file, else the file ``TASADOR_MLFLOW_AUTH_FILE`` names, else from the
+    settings' ``mlflow_credentials_path`` (a Tune
     trial's worker, which never called ``registry.mlflow_client``); None when there is no such file."""
 
     def get_name(self) -> str:
         return PROVIDER
 
     def get_auth(self):
-        path = Path(os.environ.get(IDENTITY_FILE_ENV) or _settings_identity_file())
+        path = Path(thread_identity_file() or os.environ.get(IDENTITY_FILE_ENV) or _settings_identity_file())
         return HTTPBasicAuth(*read(path)) if path.is_file() else None
 
 

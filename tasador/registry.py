@@ -27,9 +27,36 @@ def client_env(settings: Settings, identity: str) -> dict[str, str]:
             "TASADOR_MLFLOW_CREDENTIALS_FILE": str(settings.mlflow_identity_path(identity).resolve())}
 
 
+_THREAD = threading.local()  # a thread's own identity file, inside thread_identity
+
+
 def use_identity(path) -> None:
-    """This process's MLflow calls authenticate with the file ``path`` (tasador/mlflow_auth.py)."""
+    """This process's MLflow calls authenticate with the file ``path`` (tasador/mlflow_auth.py); inside
+    ``thread_identity``, only this thread's."""
+    if getattr(_THREAD, "identity_file", None):
+        _THREAD.identity_file = str(path)
+        os.environ.update(MLFLOW_AUTH_ENV)
+        return
     os.environ.update({**MLFLOW_AUTH_ENV, IDENTITY_FILE_ENV: str(path)})
+
+
+def thread_identity_file() -> str | None:
+    """The identity file of this thread's ``thread_identity`` block, or None outside one."""
+    return getattr(_THREAD, "identity_file", None)
+
+
+@contextmanager
+def thread_identity(path) -> Iterator[None]:
+    """For the block, this thread's MLflow calls (and only this thread's) authenticate with ``path``: a
+    web app's request acting as the writer while its other threads stay the reader. MLflow's client
+    asks for a request's auth on the thread that makes the request."""
+    previous = thread_identity_file()
+    _THREAD.identity_file = str(path)
+    os.environ.update(MLFLOW_AUTH_ENV)
+    try:
+        yield
+    finally:
+        _THREAD.identity_file = previous
 
 
 @dataclass(frozen=True)

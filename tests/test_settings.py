@@ -124,3 +124,35 @@ def test_tracking_server_blocks_of_two_threads_never_see_each_others_server():
     b.join(10)
     assert seen == {"a": ["http://127.0.0.1:5101"], "b": ["http://127.0.0.1:5102"]}
     assert mlflow.get_tracking_uri() == before
+
+
+def test_a_threads_writer_identity_is_that_threads_alone(monkeypatch, tmp_path):
+    """The Dash app's rollback acts as the MLflow writer on its request's thread while the app's other
+    threads keep answering as the reader, whatever either calls meanwhile (no process-wide switch)."""
+    import threading
+
+    from tasador import registry
+    from tasador.mlflow_auth import FileCredentials
+
+    reader, writer = tmp_path / "reader", tmp_path / "writer"
+    reader.write_text("tasador-reader:r")
+    writer.write_text("tasador-writer:w")
+    monkeypatch.setenv(registry.IDENTITY_FILE_ENV, str(reader))
+    in_block, checked, seen = threading.Event(), threading.Event(), {}
+
+    def rollback_thread():
+        with registry.thread_identity(writer):
+            registry.use_identity(writer)  # what mlflow_client(writer settings) does inside the block
+            in_block.set()
+            checked.wait(10)
+            seen["inside"] = FileCredentials().get_auth().username
+        seen["after"] = FileCredentials().get_auth().username
+
+    worker = threading.Thread(target=rollback_thread)
+    worker.start()
+    assert in_block.wait(10)
+    registry.use_identity(reader)  # another thread's mlflow_client(reader settings) meanwhile
+    seen["other"] = FileCredentials().get_auth().username
+    checked.set()
+    worker.join(10)
+    assert seen == {"inside": "tasador-writer", "other": "tasador-reader", "after": "tasador-reader"}
