@@ -143,13 +143,19 @@ class CpuSampler:
         self.thread.join()
 
     def busiest(self, start: float, end: float, top: int = 15) -> list[tuple[str, float]]:
-        """(process, cores) over the samples that bracket [start, end], the busiest first."""
-        before = max((x for x in self.samples if x[0] <= start), key=lambda x: x[0], default=self.samples[0])
-        after = min((x for x in self.samples if x[0] >= end), key=lambda x: x[0], default=self.samples[-1])
-        elapsed = max(after[0] - before[0], 1e-9)
+        """(process, cores) over [start, end], the busiest first: each process's CPU from the sample before
+        the window (0 when it started later) to the last sample it was seen in (a job's driver and its
+        Tune workers exit with the training, before the sample after it)."""
+        window = [x for x in self.samples if start - self.every_s <= x[0] <= end + self.every_s]
+        if len(window) < 2:
+            return []
+        first, last = window[0][1], {}
+        for _, seen in window[1:]:
+            last.update(seen)
+        elapsed = window[-1][0] - window[0][0]
         used: dict[str, float] = {}
-        for pid, (label, cpu) in after[1].items():
-            used[label] = used.get(label, 0.0) + (cpu - before[1].get(pid, (label, 0.0))[1]) / elapsed
+        for pid, (label, cpu) in last.items():
+            used[label] = used.get(label, 0.0) + (cpu - first.get(pid, (label, 0.0))[1]) / elapsed
         return sorted(used.items(), key=lambda x: -x[1])[:top]
 
 
