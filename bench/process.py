@@ -1,8 +1,9 @@
 """Processing throughput: the 230,366-row raw batch -> clean listings + rejects.
 
 Measured, same run, same rows:
-- tasador: ``process_pending`` (Ray Data ``read_sql`` in parallel shards + ``map_batches`` cleaning,
-  duplicates, COPY of clean rows, rejects and ledger in one transaction), against the local Ray head;
+- tasador: ``process_pending`` (Ray Data read tasks over raw-id ranges, each fetching Arrow through ADBC,
+  + ``map_batches`` cleaning, duplicates, COPY of clean rows, rejects and ledger in one transaction),
+  against the local Ray head;
 - baseline pandas: single process ``pd.read_sql`` + the same rules + ``DataFrame.to_sql``;
 - bound: a bare ``COPY ... TO STDOUT`` of the raw rows plus a bare ``COPY ... FROM STDIN`` of the clean
   rows (pre-rendered) into a table like clean ``listings`` (same indexes): the I/O alone.

@@ -1,9 +1,10 @@
 """Processing: raw batches -> clean listings and rejects, with Ray Data.
 
-Ray Data reads the batch from the raw database in parallel shards (``read_sql`` sharded on
-``hashint8(raw_id)``) and cleans each block in ``map_batches``; the driver marks exact duplicates
-(they may sit in different shards) and writes clean rows, rejects and the processed-batch ledger with
-COPY in one transaction, after checking clean + rejected = raw. Processing a batch twice is a no-op.
+Ray Data reads the batch from the raw database in parallel shards (``raw_id`` ranges, each a read task
+that fetches Arrow through ADBC: ``arrow_ranges``) and cleans each block in ``map_batches``; the driver
+marks exact duplicates (they may sit in different shards) and writes clean rows, rejects and the
+processed-batch ledger with COPY in one transaction, after checking clean + rejected = raw. Processing a
+batch twice is a no-op.
 """
 
 from __future__ import annotations
@@ -58,19 +59,58 @@ def process_pending(settings: Settings, group: int, day: str) -> dict:
             "group_number": group, "day": day, "batches": results}
 
 
+def raw_id_ranges(settings: Settings, batch_id: int, shards: int) -> list[str]:
+    """The batch's raw rows as ``shards`` queries over contiguous ``raw_id`` ranges (a batch is one COPY,
+    so its ids are dense): each an index range scan, where hashing the key made every shard scan the
+    whole batch. Rendered SQL text (ADBC takes no psycopg2 composables)."""
+    with contextlib.closing(db.connect(settings.raw_db)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT min(raw_id), max(raw_id) FROM listings WHERE batch_id = %s", (batch_id,))
+        low, high = cur.fetchone()
+        if low is None:
+            return []
+        step = (high - low) // shards + 1
+        return [sql.SQL("{} AND raw_id >= {} AND raw_id < {}").format(
+            raw_batch_query(batch_id), sql.Literal(start), sql.Literal(min(start + step, high + 1))).as_string(conn)
+            for start in range(low, high + 1, step)]
+
+
+def arrow_ranges(url: str, queries: list[str]):
+    """A Ray Data datasource: one read task per query, each fetching its rows as an Arrow table through
+    ADBC (PostgreSQL's binary COPY decoded in C++). Not ``ray.data.read_sql``: it fetches Python
+    tuples through a DB-API cursor and builds Arrow from them (0.39x the bare COPY; issue 18)."""
+    import functools
+
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class ArrowRanges(Datasource):
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [ReadTask(functools.partial(_read_arrow, url, q),
+                             BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
+                    for q in queries]
+
+    return ArrowRanges()
+
+
+def _read_arrow(url: str, query: str) -> list:
+    return [db.read_arrow(url, query)]
+
+
 def clean_with_ray(settings: Settings, batch_id: int) -> pd.DataFrame:
     import ray
 
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)  # inside a Ray job: the job's cluster
     ray.data.DataContext.get_current().enable_progress_bars = False
-    raw_url = settings.raw_db
     # two shards per CPU: a shard's database fetch and its cleaning then overlap with another's
     shards = settings.process_read_shards or max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    with contextlib.closing(db.connect(raw_url)) as conn:  # psycopg2 quotes identifiers for a connection
-        query = raw_batch_query().as_string(conn)
-    ds = ray.data.read_sql(query, lambda: db.connect(raw_url), sql_params=(batch_id,),
-                           shard_keys=["raw_id"], shard_hash_fn="hashint8", override_num_blocks=shards)
+    queries = raw_id_ranges(settings, batch_id, shards)
+    if not queries:
+        return pd.DataFrame(columns=[*CLEAN_COLUMNS, "reason"])
+    ds = ray.data.read_datasource(arrow_ranges(settings.raw_db, queries), override_num_blocks=len(queries))
     ds = ds.map_batches(clean_table, batch_format="pyarrow", batch_size=None,
                         fn_kwargs={"price_min": settings.clean_price_min, "price_max": settings.clean_price_max,
                                    "today": dt.date.today()})

@@ -62,10 +62,12 @@ def load_dataset(settings: Settings, batch_ids: list[int] | None = None, held_ou
         where = db.in_batches(batch_ids)
         if held_out_only:
             where = sql.SQL("{} AND {} < {}").format(where, sql.SQL(SPLIT_KEY_SQL), sql.Literal(test_cut))
-        query = sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {} ORDER BY raw_id").format(
+        query = sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {}").format(
             db.identifiers(FEATURES), where).as_string(cur)
-    # processed batches never change, so reading their rows on another connection sees what this one did
-    frame = clean_frame_from_arrow(db.read_arrow(settings.clean_db, query))
+    # processed batches never change, so reading their rows on another connection sees what this one did;
+    # ordered by raw id in Arrow (in memory, C++), not by PostgreSQL (a sort of every row that spills to
+    # disk past work_mem): the same frame, row for row
+    frame = clean_frame_from_arrow(db.read_arrow(settings.clean_db, query).sort_by("raw_id"))
     bucket = split_key(frame["property_id"])
     return Dataset(frame, list(batch_ids), bucket >= val_cut, (bucket >= test_cut) & (bucket < val_cut),
                    bucket < test_cut)
