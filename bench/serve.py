@@ -169,12 +169,14 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20, rate: flo
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}
 
 
-def hey(url: str, body_file: str, workers: int, rate: float, seconds: int, niceness: int = 0
+def hey(url: str, body_file: str, workers: int, rate: float | None, seconds: int, niceness: int = 0
         ) -> list[tuple[float, int]]:
     """Paced load from ``hey`` (a separate process, at ``niceness``): ``rate`` req/s spread over
-    ``workers``. Returns (seconds, status) per request."""
-    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:.3f}", "-m", "POST",
-                          "-T", "application/json", "-D", body_file, "-t", "60", "-o", "csv", url],
+    ``workers`` (None: each worker sends its next request as soon as the last is answered). Returns
+    (seconds, status) per request."""
+    pace = ["-q", f"{rate / workers:.3f}"] if rate else []
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(workers), *pace, "-m", "POST",
+                          "-T", "application/json", "-D", body_file, "-t", "120", "-o", "csv", url],
                          capture_output=True, text=True, check=True, preexec_fn=lambda: os.nice(niceness)).stdout
     rows = []
     for line in out.splitlines()[1:]:
@@ -251,9 +253,9 @@ def overload(settings, one: str, seconds: int) -> dict:
 
 def large_requests(settings, one: str, rows: list[dict], seconds: int) -> dict:
     """/health and single listings, 20 a second each, alone and while two clients send 10,000-listing
-    requests without pause: the p99 of each, and how much the large requests add to it."""
-    big = json.dumps({"listings": (rows * 10_000)[:10_000]})
-
+    requests without pause: the p99 of each, and how much the large requests add to it. The large
+    requests come from ``hey`` (a separate process at the clients' niceness), so that sending and
+    reading their megabytes does not hold the probe's own interpreter."""
     def probe(stop: threading.Event) -> dict:
         times: dict[str, list[float]] = {"health": [], "single": []}
         with requests.Session() as s:
@@ -269,31 +271,27 @@ def large_requests(settings, one: str, rows: list[dict], seconds: int) -> dict:
                 time.sleep(0.05)
         return times
 
-    def measure(with_big: bool) -> tuple[dict, int]:
+    def measure(big_file: str | None) -> tuple[dict, int]:
         stop, big_done = threading.Event(), []
-
-        def sender():
-            with requests.Session() as s:
-                while not stop.is_set():
-                    r = s.post(f"{settings.serve}/predict", data=big, headers={"Content-Type": "application/json"},
-                               timeout=120)
-                    big_done.append(r.status_code)
-
-        senders = [threading.Thread(target=sender) for _ in range(2 if with_big else 0)]
+        senders = [threading.Thread(target=lambda: big_done.extend(hey(
+            f"{settings.serve}/predict", big_file, 2, None, seconds, CLIENT_NICENESS)))] if big_file else []
         for t in senders:
             t.start()
         out = {}
         prober = threading.Thread(target=lambda: out.update(probe(stop)))
         prober.start()
         time.sleep(seconds)
-        stop.set()
-        prober.join()
         for t in senders:
             t.join()
-        return out, sum(1 for c in big_done if c == 200)
+        stop.set()
+        prober.join()
+        return out, sum(1 for _, code in big_done if code == 200)
 
-    alone, _ = measure(False)
-    loaded, big_ok = measure(True)
+    alone, _ = measure(None)
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as big:
+        json.dump({"listings": (rows * 10_000)[:10_000]}, big)
+        big.flush()
+        loaded, big_ok = measure(big.name)
     result = {"large_requests_priced": big_ok}
     for name in ("health", "single"):
         result[f"{name}_p99_ms_alone"] = p99_ms(alone[name])

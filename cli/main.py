@@ -48,17 +48,19 @@ def setup_logging(settings: Settings, console_level: int = logging.WARNING) -> N
     to_file.setLevel(logging.INFO)
     to_console = logging.StreamHandler()
     to_console.setLevel(console_level)
+    to_console.addFilter(lambda record: not record.exc_info)  # tracebacks go to the file; run() says one line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[to_file, to_console], force=True)
 
 
 def run(settings: Settings, action: Callable[[], object]) -> object:
     """``action``'s answer; a failure the operator can act on is one line and the log's path."""
+    import psycopg2
     import requests
 
     try:
         return action()
-    except (ValueError, LookupError, OSError, requests.RequestException) as exc:
+    except (ValueError, LookupError, OSError, requests.RequestException, psycopg2.Error) as exc:
         log.exception("tasador failed")
         err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
         err.print(f"(log: {log_path(settings)})", highlight=False)
@@ -127,11 +129,11 @@ def data_api(host: str | None = None, port: int | None = None, scale: Scale = No
     from data_api.server import serve
 
     settings = settings_for(scale)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(host or settings.data_api_host, port or settings.data_api_port,
-          scale if scale is not None else settings.data_api_scale,
-          seed if seed is not None else settings.data_api_seed,
-          source if source is not None else settings.data_api_source)
+    setup_logging(settings, logging.INFO)
+    run(settings, lambda: serve(host or settings.data_api_host, port or settings.data_api_port,
+                                scale if scale is not None else settings.data_api_scale,
+                                seed if seed is not None else settings.data_api_seed,
+                                source if source is not None else settings.data_api_source))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,7 +1,7 @@
 """The registry's ``production`` version, swapped in place when the alias moves.
 
-``ProductionModel`` runs in each replica of both deployments (the ingress prices /predict with it;
-``PriceModelServer`` explains, ``BulkPricer`` prices large bodies). Each checks the alias every
+``ProductionModel`` runs in each replica of every deployment (the ingress prices /predict and explains
+a few listings with it; ``PriceModelServer`` explains more, ``BulkPricer`` prices large bodies). Each checks the alias every
 ``serve_poll_s`` (and at once on an admin reload); the replicas of a node share one registry read per
 period (``NodeAliasRead``). A new version is loaded and checked beside the one serving; only then does one reference
 assignment switch to it, so no request waits and none fails. A version that fails to load or to
@@ -324,11 +324,12 @@ class ProductionModel:
             return {"error": "no production model yet"}
         frame = pd.DataFrame(columns, columns=list(FEATURES))
         base, per_feature = contributions(current.model, frame)
-        prices = np.exp(base + per_feature.sum(axis=1).to_numpy())
+        values = per_feature.to_numpy()
+        prices = np.exp(base + values.sum(axis=1))
         return {"model_name": current.info.get("name"), "model_version": current.version,
                 "explanations": [{"price": round(float(p), 2), "base_price": round(float(np.exp(b)), 2),
-                                  "contributions": {f: round(float(v), 6) for f, v in row.items()}}
-                                 for p, b, (_, row) in zip(prices, base, per_feature.iterrows(), strict=True)],
+                                  "contributions": dict(zip(FEATURES, np.round(row, 6).tolist(), strict=True))}
+                                 for p, b, row in zip(prices, base, values, strict=True)],
                 "units": "log price: exp(contribution) is the factor the feature multiplies the price by"}
 
     def info(self) -> dict:
@@ -338,7 +339,8 @@ class ProductionModel:
 
 @serve.deployment
 class PriceModelServer:
-    """The model deployment: SHAP explanations (CPU-heavy, kept off the prediction path) and batch
+    """The model deployment: SHAP explanations of more than ``EXPLAIN_HERE_ROWS`` listings (CPU-heavy,
+    kept off the prediction path; fewer are explained by the ingress's own model) and batch
     prediction for other Serve apps by handle. The HTTP ingress prices /predict with its own
     in-process ``ProductionModel``: a hop to this deployment per batch cut single-row throughput
     4.2x on the 2-core benchmark machine (docs/benchmarks.md)."""

@@ -36,10 +36,17 @@ def contributions(model: PriceModel, X: pd.DataFrame) -> tuple[np.ndarray, pd.Da
         base = np.full(len(Z), float(ridge.intercept_))
     else:
         raise ValueError(f"no explainer for family {family!r}")
-    per_feature = pd.DataFrame(0.0, index=X.index, columns=list(FEATURES))
-    for j, name in enumerate(names):
-        per_feature[source_feature(name)] += values[:, j]
-    return base, per_feature
+    return base, pd.DataFrame(by_raw_feature(values, names), index=X.index, columns=list(FEATURES))
+
+
+def by_raw_feature(values: np.ndarray, names: list[str]) -> np.ndarray:
+    """Each transformed column's contributions summed into the raw feature it comes from (one
+    vectorised sum: a pandas column update per name cost ~1.8 ms of a one-listing /explain)."""
+    raw = list(FEATURES)
+    source = np.array([raw.index(source_feature(name)) for name in names])
+    out = np.zeros((len(values), len(raw)))
+    np.add.at(out.T, source, np.asarray(values, dtype=float).T)
+    return out
 
 
 def global_importance(model: PriceModel, X: pd.DataFrame) -> dict[str, float]:

@@ -99,3 +99,26 @@ def test_batches_differ_on_purpose():
     assert high["price"].min() > 500_000
     assert single["state"].nunique() == 1
     assert np.isclose(len(source.batch(2, 3, "Monday")), 230_366 * 0.05, atol=1)
+
+
+@pytest.mark.parametrize("content,words", [
+    (None, "No such file"),
+    ("zip_code,city\n02108,Boston\n", "lacks the column(s)"),
+])
+def test_the_command_refuses_a_bad_source_in_one_line_naming_it(tmp_path, content, words):
+    """``tasador data-api --source`` through Typer's runner: a missing CSV, or one without the columns
+    the batches are split by, is one line naming the file and the log's path, not a traceback."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    source = tmp_path / "realtor.csv"
+    if content is not None:
+        source.write_text(content)
+    env = {"TASADOR_STATE_DIR": str(tmp_path / "state")}
+    result = CliRunner().invoke(app, ["data-api", "--source", str(source), "--port", "1"], env=env)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines() if hasattr(result, "stderr") else result.output.strip().splitlines()
+    error = [line for line in lines if line.startswith("error:")]
+    assert len(error) == 1 and str(source) in error[0] and words in error[0], lines
+    assert any("cli.log" in line for line in lines) and "Traceback" not in result.output

@@ -110,8 +110,13 @@ def test_model_health_and_docs(serving):
 
 
 def test_explain_gives_each_feature_a_contribution_that_adds_up(serving):
+    """One listing is explained by the ingress replica's own model, more than ``EXPLAIN_HERE_ROWS`` by
+    the explainer deployment: both add up to the price /predict answers, and agree with each other."""
+    from serve_app.app import EXPLAIN_HERE_ROWS
+
     s, ds = serving["s"], serving["ds"]
-    listing = listings(ds.frame[ds.test].head(1))[0]
+    several = listings(ds.frame[ds.test].head(EXPLAIN_HERE_ROWS + 1))
+    listing = several[0]
     body = requests.post(f"{s.serve}/explain", json=listing, timeout=30).json()
     explanation = body["explanations"][0]
     assert set(explanation["contributions"]) == set(FEATURES)
@@ -119,6 +124,10 @@ def test_explain_gives_each_feature_a_contribution_that_adds_up(serving):
     assert total == pytest.approx(explanation["price"], rel=1e-4)
     price = requests.post(f"{s.serve}/predict", json=listing, timeout=30).json()["prices"][0]
     assert explanation["price"] == pytest.approx(price, rel=1e-4)
+    by_explainer = requests.post(f"{s.serve}/explain", json={"listings": several}, timeout=30).json()
+    assert len(by_explainer["explanations"]) == len(several)
+    assert by_explainer["explanations"][0]["contributions"] == pytest.approx(explanation["contributions"], abs=1e-6)
+    assert by_explainer["model_version"] == body["model_version"]
 
 
 def test_past_every_replicas_slots_and_the_queue_a_request_is_refused_at_once_with_retry_after(serving):
