@@ -1,14 +1,14 @@
 """The registry's ``production`` version, swapped in place when the alias moves.
 
-``ProductionModel`` runs in each replica of every deployment (the ingress prices /predict and explains
-a few listings with it; ``PriceModelServer`` explains more, ``BulkPricer`` prices large bodies). Each checks the alias every
-``serve_poll_s`` (and at once on an admin reload); the replicas of a node share one registry read per
-period (``NodeAliasRead``). A new version is loaded and checked beside the one serving; only then does one reference
-assignment switch to it, so no request waits and none fails. A version that fails to load or to
-predict a sane price never replaces a working one: the error shows in ``info()`` (and /health) and in
-the load-failure metric, and the version is retried after ``RETRY_FAILED_S``. The ingress batches
-requests (``@serve.batch``); a batch is priced with one vectorised call; every answer names the
-version that produced it.
+``ProductionModel`` runs in each replica of every deployment (the ingress prices /predict and explains a
+few listings with it; ``PriceModelServer`` explains more, ``BulkPricer`` prices large bodies). Each
+checks the alias every ``serve_poll_s`` (and at once on an admin reload); the replicas of a node share
+one registry read per period (``NodeAliasRead``). A new version is loaded and checked beside the one
+serving; only then does one reference assignment switch to it, so no request waits and none fails. A
+version that fails to load or to predict a sane price never replaces a working one: the error shows in
+``info()`` (and /health) and in the load-failure metric, and the version is retried after
+``RETRY_FAILED_S``. The ingress batches requests (``@serve.batch``); a batch is priced with one
+vectorised call; every answer names the version that produced it.
 """
 
 from __future__ import annotations
