@@ -27,13 +27,12 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from datetime import datetime
 
 from bench import idle
 from bench import process as process_bench
-from bench.common import keep_logs, parser, report, timer
+from bench.common import Sampler, keep_logs, parser, report, timer
 from cluster import airflow, processes, serve, stack
 from tasador import ray_jobs, training
 from tasador.settings import Settings
@@ -120,27 +119,16 @@ def print_timeline(steps: list[dict]) -> None:
         print(f"{run}: {sum(x['seconds'] + x['gap_s'] for x in mine):.1f}s  {parts}", flush=True)
 
 
-class CpuSampler:
+class CpuSampler(Sampler):
     """Every process's CPU seconds every 5 s in a thread (``bench.idle.cpu_seconds``), so that a window of
     the cycle (a training) can be broken down by process afterwards."""
 
     def __init__(self, every_s: float = 5.0):
-        self.every_s, self.samples, self._stop = every_s, [], threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(every_s)
+        self.samples = []
 
-    def _run(self) -> None:
-        while True:
-            self.samples.append((time.time(), idle.cpu_seconds()))
-            if self._stop.wait(self.every_s):
-                return
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join()
+    def sample(self) -> None:
+        self.samples.append((time.time(), idle.cpu_seconds()))
 
     def busiest(self, start: float, end: float, top: int = 15) -> list[tuple[str, float]]:
         """(process, cores) over [start, end], the busiest first: each process's CPU from the sample before
