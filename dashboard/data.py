@@ -217,6 +217,7 @@ CHARTS = {
                                 "lost": "sum(rate(ray_tasador_predictions_lost_total[1m]))"},
     "model RMSE ($)": {"held-out RMSE": "max(ray_tasador_model_rmse)"},
 }
+STEP_CHARTS = ("model version serving", "model RMSE ($)")  # a value that holds until it changes: steps, not slopes
 # the words for an error kind on the chart
 KIND_WORDS = {"no_model": "no model loaded (before the first promotion, or none loadable)",
               "invalid_input": "invalid input (4xx)", "overloaded": "refused: overloaded (503)"}

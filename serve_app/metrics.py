@@ -55,7 +55,10 @@ class ModelMetrics:
                                           description="Listings a serving version priced at NaN or infinity.",
                                           tag_keys=("version",))
 
-    def swapped(self, loaded) -> None:
+    def serving(self, loaded) -> None:
+        """The gauges of the version serving. Set at every alias poll, not only at a swap: Ray's metrics
+        agent drops a gauge's value that is not reported again within its TTL (ray-project/ray#64633),
+        and the version then vanished from Prometheus minutes after the swap."""
         if str(loaded.version).isdigit():
             self.version.set(int(loaded.version))
         rmse = loaded.info.get("metrics", {}).get("rmse")

@@ -241,6 +241,8 @@ class ProductionModel:
                 raise
             self.registry_unreachable_since, self.production, self.registry_read_at = None, wanted, time.time()
             current = self.current.version if self.current else None
+            if self.current is not None:
+                self.metrics.serving(self.current)
             if wanted is None or wanted == current:
                 if wanted == current:
                     self.last_error = None  # a refused version is no longer wanted
@@ -267,7 +269,7 @@ class ProductionModel:
             self.current = loaded  # the swap: one reference assignment; in-flight batches keep the old one
             self._failed.pop(wanted, None)
             self.last_error = None
-            self.metrics.swapped(loaded)
+            self.metrics.serving(loaded)
             log.info("now serving version %s (was %s), loaded in %.2fs", wanted, current,
                      loaded.info["load_seconds"])
             return {"status": "swapped", "version": wanted, "previous": current}
