@@ -64,14 +64,22 @@ def through_ray_jobs(settings: Settings) -> None:
 
 def through_airflow(settings: Settings) -> None:
     """One run of the DAG per batch, triggered through Airflow's scheduler (the path its schedule
-    takes) and followed to its end, until a run ingests nothing (exhausted)."""
+    takes) and followed to its end, until no run ingests anything (exhausted). Runs that go first
+    (the hourly schedule's, or one triggered earlier) are followed too: they take batches as well."""
     started = int(time.time())
     n = 0
     while True:
         n += 1
         before = len(decisions.batch_report(settings, settings.group, settings.day))
         run_id = airflow.trigger(settings, f"demo__{started}_{n}")
-        print(f"batch {before + 1}: Airflow run {run_id} of {airflow.DAG_ID}", flush=True)
+        for earlier in airflow.runs_ahead(settings, run_id):
+            print(f"first, the {earlier['run_type']} run {earlier['run_id']} (Airflow runs one run of "
+                  f"{airflow.DAG_ID} at a time)", flush=True)
+            state = airflow.wait_run(settings, earlier["run_id"], progress=StepProgress(settings))
+            if state != "success":  # its batch is left to the next run (the pipeline resumes it)
+                print(f"  the {earlier['run_type']} run ended {state}", flush=True)
+        print(f"batch {len(decisions.batch_report(settings, settings.group, settings.day)) + 1}: Airflow run "
+              f"{run_id} of {airflow.DAG_ID}", flush=True)
         state = airflow.wait_run(settings, run_id, progress=StepProgress(settings))
         if state != "success":
             raise JobFailed(f"the Airflow run {run_id} of {airflow.DAG_ID} ended {state}; its task logs are under "

@@ -126,6 +126,27 @@ def runs(settings: Settings, run_type: str | None = None) -> list[dict]:
     return [{**r, "run_id": r["dag_run_id"]} for r in listed]
 
 
+def runs_ahead(settings: Settings, run_id: str) -> list[dict]:
+    """The DAG's queued or running runs that go before ``run_id``, oldest first (``ahead_of``)."""
+    return ahead_of(RestApi(settings).get(f"/dags/{DAG_ID}/dagRuns?state=queued&state=running"
+                                          "&order_by=run_after&limit=100")["dag_runs"], run_id)
+
+
+def ahead_of(active: list[dict], run_id: str) -> list[dict]:
+    """Of the active (queued or running) runs as the REST API lists them, those that go before
+    ``run_id``: Airflow runs one at a time (``max_active_runs=1``), the earliest ``run_after`` first.
+    None once ``run_id`` runs, or when it is not active."""
+    ours = next((r for r in active if r["dag_run_id"] == run_id), None)
+    if ours is None or ours["state"] == "running":
+        return []
+
+    def after(run: dict) -> dt.datetime:
+        return dt.datetime.fromisoformat(run["run_after"])
+
+    return sorted(({**r, "run_id": r["dag_run_id"]} for r in active
+                   if r["dag_run_id"] != run_id and after(r) <= after(ours)), key=after)
+
+
 class RestApi:
     """The stack's Airflow REST API (``/api/v2``) as its admin user (the password from the 0600 login
     file, exchanged for a JWT at ``/auth/token``). Following a run over HTTP costs next to nothing;

@@ -37,3 +37,19 @@ def test_a_run_queued_for_a_moment_says_nothing(capsys):
     progress = StepProgress(Settings.load(env={}), beat_s=20)
     progress({"state": "queued", "tasks": []})
     assert capsys.readouterr().out == ""
+
+
+def test_the_runs_that_go_before_a_triggered_run_are_followed_first():
+    from cluster.airflow import ahead_of
+
+    def dag_run(run_id: str, state: str, run_after: str) -> dict:
+        return {"dag_run_id": run_id, "state": state, "run_after": run_after}
+
+    scheduled = dag_run("scheduled__2026-12-03T20:00:00+00:00", "running", "2026-12-03T20:00:00Z")
+    earlier = dag_run("demo__1", "queued", "2026-12-03T20:00:00.5Z")  # a string compare would put it first
+    ours = dag_run("demo__2", "queued", "2026-12-03T20:31:03.515499Z")
+    later = dag_run("demo__3", "queued", "2026-12-03T20:40:00Z")
+    assert [r["run_id"] for r in ahead_of([ours, later, earlier, scheduled], "demo__2")] == [
+        scheduled["dag_run_id"], "demo__1"]
+    assert ahead_of([{**ours, "state": "running"}, later], "demo__2") == []  # it runs: nothing before it
+    assert ahead_of([scheduled, later], "demo__2") == []  # not active (ended): nothing to wait for
