@@ -229,9 +229,17 @@ def kill_explainer_replica(lab: ServingLab) -> dict:
     return figures
 
 
+LOAD_FAILURES = "ray_tasador_model_load_failures_total"
+# Ray's metrics agent drops a gauge not reported again within 2 export intervals (20 s): MLflow stays
+# down longer than that, so a replica that re-reported its gauges only after reading the alias fails
+OUTAGE_S = {"down": 32, "frozen": 20}
+
+
 def mlflow_fault(kind: str) -> Callable[[ServingLab], dict]:
-    """MLflow stopped (``down``) or frozen with SIGSTOP (``frozen``) for 20 s under load: serving goes on,
-    /health says degraded with the registry unreachable; once MLflow is back an alias move is followed."""
+    """MLflow stopped (``down``) or frozen with SIGSTOP (``frozen``) under load: serving goes on, /health
+    says degraded with the registry unreachable, every replica still reports the version it serves to
+    Prometheus (an outage longer than the gauges' TTL, ``OUTAGE_S``), and once MLflow is back an alias
+    move is followed."""
     def scenario(lab: ServingLab) -> dict:
         pid = processes.load_registry(lab.s.state_path)["mlflow"]["pid"]
         with lab.load(f"mlflow-{kind}", seconds=180) as result:
@@ -244,7 +252,8 @@ def mlflow_fault(kind: str) -> Callable[[ServingLab], dict]:
                     os.kill(p, signal.SIGSTOP)
             degraded = wait_for(lambda: any(h["registry"]["status"] == "unreachable" and h["status"] == "degraded"
                                             for h in lab.healths(4)), 45)
-            time.sleep(max(0.0, 20 - degraded))
+            time.sleep(max(0.0, OUTAGE_S[kind] - degraded))
+            gauges = node_metric(lab, "ray_tasador_model_version")  # still there, though MLflow is not
             if kind == "down":
                 new_pid = mlflow_server.start(lab.s)
                 processes.record(lab.s.state_path, "mlflow", pid=new_pid, url=lab.s.mlflow_uri,
@@ -258,9 +267,13 @@ def mlflow_fault(kind: str) -> Callable[[ServingLab], dict]:
         lab.wait_serving(lab.versions["good"], 120)
         figures = lab.account(result)
         figures.pop("lost_ids")
-        figures.update(degraded_after_s=round(degraded, 1), alias_followed_after_back_s=round(followed_s, 1))
-        figures["within"] = figures["failed"] == 0 and figures["log_lost"] == 0
-        figures["bounds"] = "0 errors, /health degraded, the alias followed once MLflow is back"
+        figures.update(degraded_after_s=round(degraded, 1), alias_followed_after_back_s=round(followed_s, 1),
+                       version_gauges_at_outage_end=gauges)
+        good = float(lab.versions["good"])
+        figures["within"] = (figures["failed"] == 0 and figures["log_lost"] == 0
+                             and len(gauges) >= 2 and set(gauges) == {good})
+        figures["bounds"] = ("0 errors, /health degraded, every replica's version gauge still exported at the "
+                             "outage's end, the alias followed once MLflow is back")
         return figures
     return scenario
 
@@ -301,8 +314,8 @@ def refused_version(kind: str) -> Callable[[ServingLab], dict]:
             time.sleep(2)
         error = [(h["registry"]["refused"] or {}).get("error", "") for h in lab.healths(2)][0]
         with contextlib.suppress(TimeoutError):  # Ray exports metrics every few seconds
-            wait_for(lambda: load_failure_metric(lab, bad) >= 1, 30)
-        failures = load_failure_metric(lab, bad)
+            wait_for(lambda: sum(node_metric(lab, LOAD_FAILURES, bad)) >= 1, 30)
+        failures = sum(node_metric(lab, LOAD_FAILURES, bad))
         lab.move_alias(lab.versions["good"])
         wait_for(lambda: all(h["status"] == "ok" for h in lab.healths(6)), 60)
         figures = lab.account(result)
@@ -418,18 +431,19 @@ def absurd_version(lab: ServingLab) -> str:
     return register(lab.s, model, lab.ds, "absurd")
 
 
-def load_failure_metric(lab: ServingLab, version: str) -> float:
-    """``ray_tasador_model_load_failures_total`` for ``version``, summed over the nodes' endpoints."""
+def node_metric(lab: ServingLab, name: str, version: str | None = None) -> list[float]:
+    """Every value of the metric ``name`` on the Ray nodes' endpoints (found as Prometheus finds them),
+    only the series tagged ``version`` when given: one value per replica that reports it."""
     from cluster import ray_head
 
     sd = json.loads((ray_head.temp_dir(lab.s) / "prom_metrics_service_discovery.json").read_text())
-    total = 0.0
+    values = []
     for group in sd:
         for target in group["targets"]:
             for line in requests.get(f"http://{target}/metrics", timeout=10).text.splitlines():
-                if line.startswith("ray_tasador_model_load_failures_total{") and f'version="{version}"' in line:
-                    total += float(line.rsplit(" ", 1)[1])
-    return total
+                if line.startswith(name + "{") and (version is None or f'version="{version}"' in line):
+                    values.append(float(line.rsplit(" ", 1)[1]))
+    return values
 
 
 @dataclass(frozen=True)
@@ -442,7 +456,7 @@ class Scenario:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("kill_price_api_replica", kill_price_api_replica, "SIGKILL one PriceApi replica"),
     Scenario("kill_explainer_replica", kill_explainer_replica, "SIGKILL the PriceModelServer replica"),
-    Scenario("mlflow_down", mlflow_fault("down"), "MLflow stopped 20 s, then the alias moved"),
+    Scenario("mlflow_down", mlflow_fault("down"), "MLflow stopped 32 s, then the alias moved"),
     Scenario("mlflow_frozen", mlflow_fault("frozen"), "MLflow SIGSTOPped 20 s, then the alias moved"),
     Scenario("kill_postgres_30s", kill_postgres_30s, "SIGKILL every PostgreSQL process, restart after 30 s"),
     Scenario("alias_to_corrupt_artifact", refused_version("corrupt"), "alias -> a version with a corrupt pickle"),

@@ -373,7 +373,7 @@ def monitoring(_):
     for name, lines in charts.items():
         figure = go.Figure([go.Scatter(x=[dt.datetime.fromtimestamp(t) for t, _ in points], y=[v for _, v in points],
                                        mode="lines+markers", marker={"size": 3}, name=line,
-                                       line_shape="hv" if name in data.STEP_CHARTS else "linear")
+                                       line_shape=data.CHARTS[name].shape)
                             for line, points in lines.items()])
         figure.update_layout(title=name if lines else f"{name}: none in the last 30 minutes", height=240,
                              margin={"t": 36, "b": 24}, showlegend=bool(lines))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from dataclasses import dataclass
 
 import requests
 from psycopg2 import sql
@@ -207,17 +208,25 @@ def _quantile(q: float) -> str:
             '{route="/predict"}[1m])))')
 
 
-# each chart: its lines, each a PromQL query; a query "by (kind)" gives one line per kind
+@dataclass(frozen=True)
+class Chart:
+    """A Monitoring chart: its lines, each a PromQL query (one "by (kind)" gives a line per kind), and
+    how a line joins its points: "linear" for rates, "hv" (steps) for a value that holds until it changes."""
+    lines: dict[str, str]
+    shape: str = "linear"
+
+
+_LOGGED = "sum(rate(ray_tasador_predictions_logged_total[1m]))"
 CHARTS = {
-    "request rate (req/s)": {"/predict": 'sum(rate(ray_tasador_requests_total{route="/predict"}[1m]))'},
-    "/predict latency (ms)": {"p50": _quantile(0.5), "p95": _quantile(0.95), "p99": _quantile(0.99)},
-    "errors by kind (req/s)": {"by kind": "sum by (kind) (rate(ray_tasador_request_errors_total[1m]))"},
-    "model version serving": {"version": "max(ray_tasador_model_version)"},
-    "prediction log (rows/s)": {"logged": "sum(rate(ray_tasador_predictions_logged_total[1m]))",
-                                "lost": "sum(rate(ray_tasador_predictions_lost_total[1m]))"},
-    "model RMSE ($)": {"held-out RMSE": "max(ray_tasador_model_rmse)"},
+    "request rate (req/s)": Chart({"/predict": 'sum(rate(ray_tasador_requests_total{route="/predict"}[1m]))'}),
+    "/predict latency (ms)": Chart({"p50": _quantile(0.5), "p95": _quantile(0.95), "p99": _quantile(0.99)}),
+    "errors by kind (req/s)": Chart({"by kind": "sum by (kind) (rate(ray_tasador_request_errors_total[1m]))"}),
+    "model version serving": Chart({"version": "max(ray_tasador_model_version)"}, shape="hv"),
+    # a counter appears at its first increment: no loss yet is a 0 line while anything is logged
+    "prediction log (rows/s)": Chart({"logged": _LOGGED, "lost": "sum(rate(ray_tasador_predictions_lost_total[1m]))"
+                                                                 f" or (0 * {_LOGGED})"}),
+    "model RMSE ($)": Chart({"held-out RMSE": "max(ray_tasador_model_rmse)"}, shape="hv"),
 }
-STEP_CHARTS = ("model version serving", "model RMSE ($)")  # a value that holds until it changes: steps, not slopes
 # the words for an error kind on the chart
 KIND_WORDS = {"no_model": "no model loaded (before the first promotion, or none loadable)",
               "invalid_input": "invalid input (4xx)", "overloaded": "refused: overloaded (503)"}
@@ -227,9 +236,9 @@ def monitoring(settings: Settings, minutes: int = 30) -> dict[str, dict[str, lis
     """Each chart of CHARTS over the last ``minutes``: its lines' points (Prometheus query_range, 15 s steps)."""
     end = time.time()
     out = {}
-    for chart, lines in CHARTS.items():
+    for chart, spec in CHARTS.items():
         out[chart] = {}
-        for line, query in lines.items():
+        for line, query in spec.lines.items():
             try:
                 resp = requests.get(f"{settings.prometheus}/api/v1/query_range", timeout=10,
                                     params={"query": query, "start": end - minutes * 60, "end": end, "step": 15})

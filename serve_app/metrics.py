@@ -56,9 +56,10 @@ class ModelMetrics:
                                           tag_keys=("version",))
 
     def serving(self, loaded) -> None:
-        """The gauges of the version serving. Set at every alias poll, not only at a swap: Ray's metrics
-        agent drops a gauge's value that is not reported again within its TTL (ray-project/ray#64633),
-        and the version then vanished from Prometheus minutes after the swap."""
+        """The gauges of the version serving. Re-reported every few seconds (ProductionModel._report_serving),
+        not only at a swap: Ray's metrics agent drops a gauge's value that is not reported again within
+        its TTL (2 export intervals, 20 s; ray-project/ray#64633), and the version vanished from
+        Prometheus minutes after a swap, or during an MLflow outage."""
         if str(loaded.version).isdigit():
             self.version.set(int(loaded.version))
         rmse = loaded.info.get("metrics", {}).get("rmse")

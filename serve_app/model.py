@@ -194,6 +194,9 @@ def check_model(loaded: LoadedModel) -> None:
         raise ValueError(f"version {loaded.version} priced the check listing at {price!r}")
 
 
+GAUGE_REPORT_S = 5  # well inside the 20 s after which Ray's metrics agent drops an unreported gauge
+
+
 class ProductionModel:
     """The production version in this process, following the alias from a thread of its own."""
 
@@ -217,6 +220,7 @@ class ProductionModel:
             log.exception("the production alias could not be read at start")
         self._thread = threading.Thread(target=self._follow_alias, name="follow-production-alias", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._report_serving, name="report-serving-version", daemon=True).start()
 
     # -- following the alias -------------------------------------------------------------------
     def _follow_alias(self) -> None:
@@ -227,6 +231,14 @@ class ProductionModel:
                 self.refresh()
             except Exception:  # a registry outage must never stop the loop
                 log.exception("checking the production alias failed")
+
+    def _report_serving(self) -> None:
+        """The serving version's gauges, re-reported every few seconds on a thread of their own: whatever
+        the registry answers, and while a read of a frozen one hangs (ModelMetrics.serving)."""
+        while True:
+            if self.current is not None:
+                self.metrics.serving(self.current)
+            time.sleep(GAUGE_REPORT_S)
 
     def refresh(self, at_once: bool = False) -> dict:
         """Load the production version if it is not the one serving (``at_once``: read the alias now,
@@ -241,8 +253,6 @@ class ProductionModel:
                 raise
             self.registry_unreachable_since, self.production, self.registry_read_at = None, wanted, time.time()
             current = self.current.version if self.current else None
-            if self.current is not None:
-                self.metrics.serving(self.current)
             if wanted is None or wanted == current:
                 if wanted == current:
                     self.last_error = None  # a refused version is no longer wanted

@@ -23,6 +23,7 @@ import requests
 
 from bench.common import CLIENT_NICENESS
 from cluster import prometheus, ray_head, serve
+from dashboard.data import CHARTS
 from serve_app.app import prediction_ids
 from serve_app.model import RegistryLoader
 from serve_app.prediction_log import PredictionLog
@@ -337,20 +338,29 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
         requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
     wanted = {"ray_tasador_requests_total", "ray_tasador_request_latency_ms_bucket", "ray_tasador_model_version",
               "ray_tasador_model_rmse", "ray_tasador_batch_requests_bucket",
-              "ray_tasador_model_load_failures_total"}
+              "ray_tasador_predictions_logged_total"}  # (a counter appears at its first increment)
     deadline = time.monotonic() + 90
     found = {}
     while time.monotonic() < deadline:
         for name in wanted:  # again each round: the version gauge moves with the swaps of earlier tests
-            result = requests.get(f"{s.prometheus}/api/v1/query", params={"query": name}, timeout=10).json()
-            if result["data"]["result"]:
-                found[name] = result["data"]["result"]
+            result = _instant(s, name)
+            if result:
+                found[name] = result
         versions = {r["value"][1] for r in found.get("ray_tasador_model_version", [])}
         if set(found) == wanted and versions == {serving["v1"]}:
             break
         time.sleep(3)
     assert set(found) == wanted, f"missing: {wanted - set(found)}"
     assert versions == {serving["v1"]}  # every replica reports the version it serves
+    # the Monitoring chart's "lost" line: 0 while predictions are logged and none was ever lost
+    lost = CHARTS["prediction log (rows/s)"].lines["lost"]
+    while time.monotonic() < deadline + 60 and not _instant(s, lost):
+        time.sleep(3)
+    assert [float(r["value"][1]) for r in _instant(s, lost)] == [0.0]
+
+
+def _instant(s, query: str) -> list[dict]:
+    return requests.get(f"{s.prometheus}/api/v1/query", params={"query": query}, timeout=10).json()["data"]["result"]
 
 
 def test_the_grafana_dashboard_queries_metrics_the_running_app_exports(serving):
