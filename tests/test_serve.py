@@ -435,3 +435,21 @@ def _closed_port() -> int:
     from cluster.processes import free_port
 
     return free_port()
+
+
+# -- fuzzing (tests/fuzz_cases.py), last: on this module's served model, after its own tests ----------
+@pytest.fixture(scope="module")
+def fuzzed(serving):
+    with requests.Session() as session:
+        yield {**serving, "good": listings(serving["ds"].frame.head(1))[0], "session": session}
+
+
+from tests import fuzz_cases  # noqa: E402
+
+# collected here in this order (the last one counts the cases the others sent)
+test_every_route_from_the_openapi_schema = fuzz_cases.test_every_route_from_the_openapi_schema
+test_listings_with_any_field_wrong = fuzz_cases.test_listings_with_any_field_wrong
+test_malformed_bodies_and_content_types = fuzz_cases.test_malformed_bodies_and_content_types
+test_an_oversized_body_gets_413_without_being_read = fuzz_cases.test_an_oversized_body_gets_413_without_being_read
+test_a_good_listing_is_priced_after_all_of_it_and_enough_cases_ran = (
+    fuzz_cases.test_a_good_listing_is_priced_after_all_of_it_and_enough_cases_ran)

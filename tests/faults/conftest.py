@@ -6,10 +6,23 @@ from __future__ import annotations
 
 import pytest
 
+from bench import faults
 from tests.conftest import fresh_settings, own_stack
+
+AIRFLOW_GROUP = 4242
 
 
 @pytest.fixture(scope="package")
 def fault_stack(tmp_path_factory):
     with own_stack(fresh_settings(tmp_path_factory.mktemp("fault-stack"))) as s:
         yield s
+
+
+@pytest.fixture(scope="package")
+def scheduled(fault_stack, tmp_path_factory):
+    """The settings of an Airflow instance of the fault stack's own, on a one-minute schedule whose first
+    task to submit a Ray job fails right after (``bench.faults.with_scheduler``). Its metadata database
+    is migrated once, by the first module that starts or runs it."""
+    return faults.with_scheduler(fault_stack.replace(group=AIRFLOW_GROUP, day="Monday", model_name="faults-airflow",
+                                                     train_families="ridge",
+                                                     fault_dir=str(tmp_path_factory.mktemp("airflow-faults"))))

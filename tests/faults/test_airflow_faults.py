@@ -1,7 +1,8 @@
 """Airflow's real scheduler (``cluster/airflow_components.py``, LocalExecutor) runs the cycle on a short schedule,
 and a task that fails after submitting its Ray job is retried by Airflow and re-attaches to that job:
-one Ray job per step of the run, never two. Then the main job's path: the demo triggers one run per
-batch through the same scheduler until the API is exhausted, every batch decided with its reason."""
+one Ray job per step of the run, never two. Two batches go through ``jobs.pipeline`` Ray jobs (while
+the schedule stays live), then the main job's path: the demo triggers one run per batch through the
+same scheduler until the API is exhausted. Every one of the six batches is decided with its reason."""
 
 from __future__ import annotations
 
@@ -14,18 +15,16 @@ import requests
 from bench import faults
 from bench.faults import api_batches
 from cluster import airflow, processes
-from tasador import audit
+from tasador import audit, ray_jobs
 
 pytestmark = [pytest.mark.stack,
               pytest.mark.skipif(not airflow.available(), reason="Airflow is not installed (.venv-airflow)")]
-GROUP = 4242
 
 
-def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(fault_stack, tmp_path):
+def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(scheduled):
     from cli import demo
 
-    s = faults.with_scheduler(fault_stack.replace(group=GROUP, day="Monday", model_name="faults-airflow",
-                                                  train_families="ridge", fault_dir=str(tmp_path)))
+    s = scheduled
     pid = airflow.start(s)  # the schedule goes live: the DAG is unpaused
     try:
         first = faults.first_scheduled_run(s)
@@ -33,6 +32,9 @@ def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(fault_stack,
         assert {x["port"] for x in listening} >= {s.airflow_port}
         assert [x for x in listening if not x["loopback"]] == []  # no log server on every interface
         check_the_login(s)
+        for _ in range(2):  # batches 2-3 the way `ray job submit` users run them: half an Airflow run's CI time
+            done = ray_jobs.run(s.replace(fault_point=""), "jobs.pipeline", ["--group", str(s.group), "--day", s.day])
+            assert done.status == "SUCCEEDED", done.logs[-3000:]
         demo.through_airflow(s)  # the main job's path: a triggered run per batch until one ingests nothing
     finally:
         processes.stop_pid(pid)
@@ -63,10 +65,10 @@ def check_every_batch(s) -> None:
     from data_api.plan import PLAN
     from tasador import decisions
 
-    report = decisions.batch_report(s, GROUP, "Monday")
+    report = decisions.batch_report(s, s.group, "Monday")
     assert [r["batch_number"] for r in report] == list(range(1, len(PLAN) + 1))
     assert all(r["retrain_reason"] for r in report)  # every batch decided, with its reason
     assert any(r["drift_found"] for r in report[1:]) and report[0]["promoted"]
-    accounts = audit.audit(s, GROUP, "Monday", api_batches(s.data_api, GROUP, "Monday", len(PLAN)))
+    accounts = audit.audit(s, s.group, "Monday", api_batches(s.data_api, s.group, "Monday", len(PLAN)))
     assert accounts["problems"] == [] and accounts["production_version"]
     assert accounts["trainings"] >= 1 and accounts["decisions_dropped"] == 0

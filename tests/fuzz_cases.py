@@ -3,13 +3,16 @@ over every route, and Hypothesis strategies for listings and for malformed bodie
 
 Never a 5xx; every 4xx names the problem; a good listing is priced right after. The module counts
 the cases it sent and its last test asserts there were at least ``MIN_CASES``.
+
+Collected in ``tests/test_serve.py``, after that module's own tests, against its served model (its
+``fuzzed`` fixture): a module of their own paid a CI run a minute to ingest, register and deploy
+the same. They only need a version in production; they move no alias.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given
@@ -17,25 +20,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tasador.schema import STATES, STATUSES
-from tests.conftest import module_data
-from tests.serving import listings, serving_model
 
-settings = module_data()  # this module's own databases, model and experiment
-
-GROUP = 56
 MIN_CASES = 2_000
 SENT = {"count": 0}
 FUZZ = hsettings(deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=False)
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def fuzzed(settings):
-    with serving_model(settings, "tasador-fuzz-test", GROUP) as ctx:
-        ctx["good"] = listings(ctx["ds"].frame.head(1))[0]
-        ctx["session"] = requests.Session()
-        yield ctx
-        ctx["session"].close()
 
 
 def answered_well(status: int, headers, text: str) -> None:
