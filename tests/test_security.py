@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import time
 from contextlib import closing
 
 import grpc
@@ -120,11 +121,19 @@ def not_allowed(sockets: list[dict]) -> list[dict]:
 
 
 def test_nothing_the_stack_started_listens_off_loopback_but_the_allow_list(settings):
-    sockets = stack.listening_sockets(settings)
-    names = {s["name"] for s in sockets}
+    if "tasador" not in serve.applications(settings):  # Serve up, whichever module's model it follows
+        serve.deploy(settings)
     seen = ("gcs_server", "raylet", "postgres", "haproxy", "ray::ServeReplica", "ray::ProxyActor",
             *(("prometheus",) if prometheus.binary() else ()))
-    assert all(any(n.startswith(prefix) for n in names) for prefix in seen), names  # the whole stack was seen
+    deadline = time.monotonic() + 90
+    while True:  # until the whole stack listens (a replica may be starting or being replaced)
+        sockets = stack.listening_sockets(settings)
+        names = {s["name"] for s in sockets}
+        missing = [prefix for prefix in seen if not any(n.startswith(prefix) for n in names)]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert missing == [], (missing, sorted(names))  # the whole stack was seen
     assert not_allowed(sockets) == []
     allowed = [s for s in sockets if not s["loopback"]]
     assert allowed, "the allow-list names listeners that no longer exist: shorten it"
