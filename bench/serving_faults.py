@@ -434,16 +434,10 @@ def absurd_version(lab: ServingLab) -> str:
 def node_metric(lab: ServingLab, name: str, version: str | None = None) -> list[float]:
     """Every value of the metric ``name`` on the Ray nodes' endpoints (found as Prometheus finds them),
     only the series tagged ``version`` when given: one value per replica that reports it."""
-    from cluster import ray_head
+    from cluster import prometheus
 
-    sd = json.loads((ray_head.temp_dir(lab.s) / "prom_metrics_service_discovery.json").read_text())
-    values = []
-    for group in sd:
-        for target in group["targets"]:
-            for line in requests.get(f"http://{target}/metrics", timeout=10).text.splitlines():
-                if line.startswith(name + "{") and (version is None or f'version="{version}"' in line):
-                    values.append(float(line.rsplit(" ", 1)[1]))
-    return values
+    return [float(line.rsplit(" ", 1)[1]) for line in prometheus.endpoints_text(lab.s).splitlines()
+            if line.startswith(name + "{") and (version is None or f'version="{version}"' in line)]
 
 
 @dataclass(frozen=True)

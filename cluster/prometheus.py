@@ -3,7 +3,11 @@ service-discovery file of every node's metrics endpoint into its temp dir; Prome
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
+
+import requests
 
 from cluster import processes, ray_head
 from tasador.settings import Settings
@@ -15,8 +19,19 @@ def binary() -> str | None:
     return shutil.which("prometheus")
 
 
+def sd_file(settings: Settings) -> Path:
+    """Ray's service-discovery file: every metrics endpoint of the cluster (nodes, dashboard, autoscaler)."""
+    return ray_head.temp_dir(settings) / "prom_metrics_service_discovery.json"
+
+
+def endpoints_text(settings: Settings) -> str:
+    """What the cluster's metrics endpoints export now, all of them, as Prometheus would scrape them."""
+    groups = json.loads(sd_file(settings).read_text())
+    return "\n".join(requests.get(f"http://{target}/metrics", timeout=10).text
+                     for group in groups for target in group["targets"])
+
+
 def config_text(settings: Settings) -> str:
-    sd_file = ray_head.temp_dir(settings) / "prom_metrics_service_discovery.json"
     return f"""# written by tasador up
 global:
   scrape_interval: {SCRAPE_INTERVAL_S}s
@@ -24,7 +39,7 @@ global:
 scrape_configs:
   - job_name: ray
     file_sd_configs:
-      - files: ["{sd_file}"]
+      - files: ["{sd_file(settings)}"]
         refresh_interval: {SCRAPE_INTERVAL_S}s
 """
 

@@ -366,12 +366,9 @@ def _instant(s, query: str) -> list[dict]:
 def test_the_grafana_dashboard_queries_metrics_the_running_app_exports(serving):
     """Every ray_tasador_* metric of kuberay/grafana/tasador.json is on the Ray nodes' metrics endpoints
     (found as Prometheus finds them: Ray's service-discovery file)."""
-    from cluster import ray_head
     from tests.test_kuberay import dashboard_metrics
 
-    sd = json.loads((ray_head.temp_dir(serving["s"]) / "prom_metrics_service_discovery.json").read_text())
-    text = "\n".join(requests.get(f"http://{target}/metrics", timeout=10).text
-                     for group in sd for target in group["targets"])
+    text = prometheus.endpoints_text(serving["s"])
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_tasador_")}
     only_after_a_loss = {"ray_tasador_predictions_lost_total"}  # a counter appears at its first increment
     assert dashboard_metrics() - only_after_a_loss <= exported, dashboard_metrics() - exported
