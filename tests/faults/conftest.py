@@ -22,7 +22,9 @@ def fault_stack(tmp_path_factory):
 def scheduled(fault_stack, tmp_path_factory):
     """The settings of an Airflow instance of the fault stack's own, on a one-minute schedule whose first
     task to submit a Ray job fails right after (``bench.faults.with_scheduler``). Its metadata database
-    is migrated once, by the first module that starts or runs it."""
+    is migrated once, by the first module that starts or runs it. A component of the stack
+    (``airflow_server``): ``tasador demo`` on it goes through the scheduler."""
     return faults.with_scheduler(fault_stack.replace(group=AIRFLOW_GROUP, day="Monday", model_name="faults-airflow",
+                                                     airflow_server=True,
                                                      train_families="ridge",
                                                      fault_dir=str(tmp_path_factory.mktemp("airflow-faults"))))

@@ -2,19 +2,24 @@
 and a task that fails after submitting its Ray job is retried by Airflow and re-attaches to that job:
 one Ray job per step of the run, never two. Two batches go through ``jobs.pipeline`` Ray jobs (while
 the schedule stays live), then the main job's path: the demo triggers one run per batch through the
-same scheduler until the API is exhausted. Every one of the six batches is decided with its reason."""
+same scheduler until the API is exhausted, as ``tasador demo`` through Typer's runner on the stack (its
+``up`` starts what the fault stack lacks: Serve, Prometheus, the Dash app). Every one of the six batches
+is decided with its reason."""
 
 from __future__ import annotations
 
 import json
+import re
 import stat
 
 import pytest
 import requests
+from typer.testing import CliRunner
 
 from bench import faults
 from bench.faults import api_batches
-from cluster import airflow, processes
+from cli.main import app
+from cluster import airflow, processes, stack
 from tasador import audit, ray_jobs
 
 pytestmark = [pytest.mark.stack,
@@ -22,10 +27,8 @@ pytestmark = [pytest.mark.stack,
 
 
 def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(scheduled):
-    from cli import demo
-
     s = scheduled
-    pid = airflow.start(s)  # the schedule goes live: the DAG is unpaused
+    pid = stack.up(s, only=("airflow",))["airflow"]["pid"]  # the schedule goes live: the DAG is unpaused
     try:
         first = faults.first_scheduled_run(s)
         listening = processes.listening_sockets([pid])  # a task has run: every component is up
@@ -35,13 +38,28 @@ def test_the_scheduler_runs_the_cycle_and_a_retried_task_reattaches(scheduled):
         for _ in range(2):  # batches 2-3 the way `ray job submit` users run them: half an Airflow run's CI time
             done = ray_jobs.run(s.replace(fault_point=""), "jobs.pipeline", ["--group", str(s.group), "--day", s.day])
             assert done.status == "SUCCEEDED", done.logs[-3000:]
-        demo.through_airflow(s)  # the main job's path: a triggered run per batch until one ingests nothing
+        check_the_demo(s)  # the main job's path: a triggered run per batch until one ingests nothing
     finally:
         processes.stop_pid(pid)
+        processes.forget(s.state_path, "airflow")
     faults.settle_after_airflow(s)
     jobs = faults.jobs_of_run(s, first["run_id"])
     assert [j.rsplit("-", 2)[-2] for j in jobs] == ["decide", "ingest", "process", "promote", "train"], jobs
     check_every_batch(s)
+
+
+def check_the_demo(s) -> None:
+    """``tasador demo`` as a user types it, on the stack the schedule already runs: live progress per
+    step, the closing table with every batch, the URLs with where each login is."""
+    shown = CliRunner().invoke(app, ["demo"], env=s.as_env(), catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output[-4000:]
+    out = shown.output
+    assert "Airflow run demo__" in out, out[-4000:]
+    for step in ("ingest", "process", "decide"):
+        assert re.search(rf"^  \d+:\d\d  {step} +success$", out, re.M), f"no progress line for {step}"
+    table = [line for line in out.splitlines() if re.match(r"^ ?\d \s+[\d,]+ ", line)]
+    assert [int(line.split()[0]) for line in table] == [1, 2, 3, 4, 5, 6], out[-4000:]
+    assert "Raw rows ingested:" in out and f"user {airflow.AIRFLOW_USER}, password in" in out
 
 
 def check_the_login(s) -> None:
