@@ -118,7 +118,7 @@ def demo(scale: Scale = None) -> None:
 
     settings = settings_for(scale)
     setup_logging(settings, logging.INFO)
-    raise typer.Exit(the_demo.run(settings, scale))
+    raise typer.Exit(run(settings, lambda: the_demo.run(settings, scale)))
 
 
 @app.command("data-api")
