@@ -77,8 +77,9 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
         env.update(DASHBOARD_METRIC_PORT=str(settings.ray_gcs_port + 6),
                    AUTOSCALER_METRIC_PORT=str(settings.ray_gcs_port + 9))
         # On SIGTERM a node first drains (up to 30 s) so Serve can move replicas off it. The head takes
-        # the whole cluster with it, and `down` has already deleted Serve's app (every prediction log
-        # written): the drain only waited out its 30 s, most of a stack's stop. Worker nodes keep it.
+        # the whole cluster with it, and `down` deletes Serve's app first and waits for every replica
+        # to exit (each writes its prediction log): the drain only waited out its 30 s, most of a
+        # stack's stop. Worker nodes (and KubeRay's pods) keep it.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     # Idle CPU (issue 18, bench.idle): Serve's controller loops every 0.5 s, not 0.1 (it health-checks
     # replicas on their own periods; a dead one is still replaced within about a second), and Ray's log

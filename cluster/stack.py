@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+import psutil
 import requests
 
 from cluster import airflow, mlflow_server, postgres, processes, prometheus, ray_head, serve
@@ -101,8 +102,10 @@ def down(settings: Settings, discard: bool = False) -> list[str]:
         if name == "postgres":
             postgres.stop(settings)
         elif name == "serve":
-            _stop_serve(settings)
+            _stop_serve(settings, registry.get("ray_head", {}).get("pid"))
         elif name == "ray_head":
+            if "serve" not in stopped and processes.alive(info["pid"]):  # an app deployed outside `up`
+                _stop_serve(settings, info["pid"])  # (a test's, a benchmark's): its logs are written too
             processes.stop_pid(info["pid"])
             ray_head.stop_haproxy(settings)
         else:
@@ -115,13 +118,30 @@ def down(settings: Settings, discard: bool = False) -> list[str]:
     return stopped
 
 
-def _stop_serve(settings: Settings) -> None:
+REPLICA_EXIT_S = 60.0  # past Serve's graceful_shutdown_timeout_s (30 s in config.yaml)
+
+
+def _stop_serve(settings: Settings, head_pid: int | None) -> None:
     """Delete the Serve app while the databases are up, so every replica writes its prediction log
-    before it exits (stopping the Ray head would kill them without that)."""
+    before it exits (the Ray head stops at once: ``ray_head.node_env``), and wait for the replicas'
+    processes to exit."""
+    replicas = [pid for pid in processes.descendants(head_pid) if _is_replica(pid)] if head_pid else []
     try:
         serve.shutdown(settings)
     except Exception as exc:  # Ray already gone: nothing left to flush from
         log.warning("Serve could not be shut down gracefully: %s", exc)
+    deadline = time.monotonic() + REPLICA_EXIT_S
+    while (left := [pid for pid in replicas if processes.alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        log.warning("Serve replicas %s still running %.0f s after the app was deleted", left, REPLICA_EXIT_S)
+
+
+def _is_replica(pid: int) -> bool:
+    try:
+        return " ".join(psutil.Process(pid).cmdline()).startswith("ray::ServeReplica")  # Ray's process title
+    except psutil.Error:
+        return False
 
 
 def status(settings: Settings) -> dict:
