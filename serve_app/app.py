@@ -210,6 +210,7 @@ class PriceApi(PricingReplica):
         self.batch_adapter = listings_adapter(self.settings.serve_max_listings)
         self.explain_adapter = listings_adapter(self.settings.serve_max_explain)
         self.heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="large-explain")
+        self.predicting = 0  # /predict requests in this replica now (predict_small)
         self.predict_batched.set_max_batch_size(self.settings.serve_batch_max_size)
         self.predict_batched.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
 
@@ -217,6 +218,16 @@ class PriceApi(PricingReplica):
     async def predict_batched(self, requests: list[dict]) -> list[dict]:
         """Concurrent small /predict requests of this replica: one frame, one vectorised call."""
         return self.model.predict(requests)
+
+    async def predict_small(self, columns: dict) -> dict:
+        """A small /predict alone on this replica is priced at once; with others in flight it joins
+        their batch. The batch waits ``serve_batch_wait_s`` for company that a lone client never
+        brings (bench.serve's one-client figure)."""
+        if self.predicting <= 1:
+            await asyncio.sleep(0)  # requests that arrived with this one enter /predict and count
+            if self.predicting <= 1:
+                return self.model.predict([columns])[0]
+        return await self.predict_batched(columns)
 
     def _done(self, route: str, started: float, code: int, body: dict | bytes, kind: str | None = None,
               headers: dict | None = None) -> Response:
@@ -287,8 +298,12 @@ class PriceApi(PricingReplica):
         if problem:
             return self._done("/predict", time.perf_counter(), 422, {"detail": problem, "errors": [
                 {"field": "Idempotency-Key", "message": problem}]}, "invalid_input")
-        return await self._priced("/predict", request, self.settings.serve_max_listings, self.batch_adapter,
-                                  self.predict_batched, key)
+        self.predicting += 1  # from the first await on: requests that arrive together see each other
+        try:
+            return await self._priced("/predict", request, self.settings.serve_max_listings, self.batch_adapter,
+                                      self.predict_small, key)
+        finally:
+            self.predicting -= 1
 
     @api.post("/explain", openapi_extra=_BODY, summary="Each feature's SHAP contribution to the price")
     async def explain(self, request: Request):
