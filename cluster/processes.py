@@ -78,9 +78,9 @@ def stop_pid(pid: int, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> No
     deadline = time.monotonic() + timeout_s
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    _wait_gone(pid, min(deadline, time.monotonic() + 10))
+    wait_gone(pid, min(deadline, time.monotonic() + 10))
     _signal_group(pid, sig, quiet=True)
-    if not _wait_gone(pid, deadline):
+    if not wait_gone(pid, deadline):
         _signal_group(pid, signal.SIGKILL)
         time.sleep(0.5)
     _signal_group(pid, signal.SIGKILL, quiet=True)  # stragglers of the group
@@ -93,7 +93,7 @@ def stop_pid(pid: int, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> No
                 os.kill(child, signal.SIGKILL)
 
 
-def _wait_gone(pid: int, until: float) -> bool:
+def wait_gone(pid: int, until: float) -> bool:
     """Wait (reaping our own child) until ``pid`` has exited or the monotonic time ``until``."""
     while time.monotonic() < until:
         _reap(pid)

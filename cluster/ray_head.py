@@ -82,7 +82,7 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
         # stack's stop. Worker nodes (and KubeRay's pods) keep it.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     # Idle CPU (issue 18, bench.idle): Serve's controller loops every 0.5 s, not 0.1 (it health-checks
-    # replicas on their own periods; a dead one is still replaced within about a second), and Ray's log
+    # replicas on their own periods; kill_price_api_replica still sees full capacity back within 10 s), and Ray's log
     # monitor looks for new log files once a second instead of at every 0.1-s pass (it globbed the
     # session's log folder ten times a second while the node had fewer than 1,000 files)
     env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",

@@ -131,8 +131,7 @@ def _stop_serve(settings: Settings, head_pid: int | None) -> None:
     except Exception as exc:  # Ray already gone: nothing left to flush from
         log.warning("Serve could not be shut down gracefully: %s", exc)
     deadline = time.monotonic() + REPLICA_EXIT_S
-    while (left := [pid for pid in replicas if processes.alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    left = [pid for pid in replicas if not processes.wait_gone(pid, deadline)]
     if left:
         log.warning("Serve replicas %s still running %.0f s after the app was deleted", left, REPLICA_EXIT_S)
 
