@@ -36,7 +36,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import metrics
-from serve_app.model import PriceModelServer, ProductionModel, RegistryLoader
+from serve_app.model import PriceModelServer, ProductionModel, RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
 from serve_app.schemas import LISTING, Listing, listings_adapter, to_columns
 from tasador.settings import Settings
@@ -186,7 +186,7 @@ class BulkPricer(PricingReplica):
     process of their own, so a 10,000-listing request holds neither the ingress replica's event loop
     nor its GIL. Answers (status, rendered body, error kind)."""
 
-    def __init__(self, loader_factory=RegistryLoader):
+    def __init__(self, loader_factory=large_requests_loader):
         self._start(loader_factory)
         self.adapter = listings_adapter(self.settings.serve_max_listings)
 

@@ -25,10 +25,11 @@ from bench.common import CLIENT_NICENESS
 from cluster import prometheus, ray_head, serve
 from dashboard.data import CHARTS
 from serve_app.app import prediction_ids
-from serve_app.model import RegistryLoader
+from serve_app.model import RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
 from tasador import registry
 from tasador.promotion import load_model
+from tasador.retry import poll
 from tasador.schema import FEATURES
 from tests.conftest import module_data
 from tests.serving import listings, register_ridge, serving_model, set_production, until_every_replica, wait_for_version
@@ -59,18 +60,14 @@ def test_predictions_match_the_registry_model_and_name_the_version(serving):
 
 
 def _logged(raw, marker: float, count: int) -> list[tuple]:
-    """The logged rows of this broker id, once there are ``count`` of them (or after 10 s)."""
-    deadline = time.monotonic() + 10
-    rows = []
-    while time.monotonic() < deadline:
+    """The logged rows of this broker id, once there are ``count`` of them (within 10 s)."""
+    def rows() -> list[tuple]:
         with raw.cursor() as cur:
             cur.execute("SELECT prediction_id::text, model_name, model_version, predicted_price, state FROM "
                         "predictions WHERE brokered_by = %s ORDER BY predicted_price", (str(marker),))
-            rows = cur.fetchall()
-        if len(rows) >= count:
-            return rows
-        time.sleep(0.2)
-    return rows
+            return cur.fetchall()
+
+    return poll(rows, lambda got: len(got) >= count, 10, f"{count} logged rows of broker {marker}", every_s=0.2)
 
 
 def test_predictions_are_logged_to_raw_with_their_ids_and_version(serving, raw):
@@ -321,7 +318,7 @@ def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(s
     hidden = artifacts.with_name(artifacts.name + ".hidden")
     artifacts.rename(hidden)
     try:
-        second = RegistryLoader(s).load(serving["v1"])
+        second = large_requests_loader(s).load(serving["v1"])  # the bulk pricer's and the explainer's
         with pytest.raises(Exception):  # noqa: B017 - whichever error MLflow raises for a missing artifact
             RegistryLoader(s.replace(state_dir=str(tmp_path / "other-node"))).load(serving["v1"])
             # (its identity's file is the same: s names it explicitly)
@@ -329,6 +326,10 @@ def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(s
         hidden.rename(artifacts)
     frame = serving["ds"].frame[list(FEATURES)].head(50)
     assert np.allclose(first.model.predict(frame), second.model.predict(frame))
+    # trees are compiled for small requests only where they are priced (a Ridge has none either way)
+    assert "not a tree booster" in first.info["compiled"]["why"]
+    assert second.info["compiled"] == {"compiled": False,
+                                       "why": "this deployment prices large requests only: XGBoost"}
 
 
 @pytest.mark.skipif(prometheus.binary() is None, reason="Debian's prometheus package is not installed")
@@ -339,24 +340,19 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
     wanted = {"ray_tasador_requests_total", "ray_tasador_request_latency_ms_bucket", "ray_tasador_model_version",
               "ray_tasador_model_rmse", "ray_tasador_batch_requests_bucket",
               "ray_tasador_predictions_logged_total"}  # (a counter appears at its first increment)
-    deadline = time.monotonic() + 90
-    found = {}
-    while time.monotonic() < deadline:
-        for name in wanted:  # again each round: the version gauge moves with the swaps of earlier tests
-            result = _instant(s, name)
-            if result:
-                found[name] = result
-        versions = {r["value"][1] for r in found.get("ray_tasador_model_version", [])}
-        if set(found) == wanted and versions == {serving["v1"]}:
-            break
-        time.sleep(3)
-    assert set(found) == wanted, f"missing: {wanted - set(found)}"
-    assert versions == {serving["v1"]}  # every replica reports the version it serves
+
+    def scraped() -> dict:  # each series now (the version gauge moves with the swaps of earlier tests)
+        found = {name: _instant(s, name) for name in wanted}
+        return {"missing": sorted(n for n, series in found.items() if not series),
+                "versions": {r["value"][1] for r in found["ray_tasador_model_version"]}}
+
+    # every replica reports the version it serves
+    poll(scraped, lambda got: got == {"missing": [], "versions": {serving["v1"]}}, 90,
+         f"every metric scraped, every replica at version {serving['v1']}", every_s=3)
     # the Monitoring chart's "lost" line: 0 while predictions are logged and none was ever lost
-    lost = CHARTS["prediction log (rows/s)"].lines["lost"]
-    while time.monotonic() < deadline + 60 and not _instant(s, lost):
-        time.sleep(3)
-    assert [float(r["value"][1]) for r in _instant(s, lost)] == [0.0]
+    lost = poll(lambda: _instant(s, CHARTS["prediction log (rows/s)"].lines["lost"]), bool, 60,
+                "the lost line's series", every_s=3)
+    assert [float(r["value"][1]) for r in lost] == [0.0]
 
 
 def _instant(s, query: str) -> list[dict]:
@@ -373,14 +369,14 @@ def test_the_grafana_dashboard_queries_metrics_the_running_app_exports(serving):
         requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
     only_after_a_loss = {"ray_tasador_predictions_lost_total"}
     wanted = dashboard_metrics() - only_after_a_loss
-    deadline = time.monotonic() + 90  # Ray's agents export every few seconds; the log flushes every second
-    while True:
+
+    def not_exported() -> set[str]:
         text = prometheus.endpoints_text(s)
-        exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_tasador_")}
-        if wanted <= exported or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert wanted <= exported, wanted - exported
+        return wanted - {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+                         if line.startswith("ray_tasador_")}
+
+    # Ray's agents export every few seconds; the log flushes every second
+    poll(not_exported, lambda missing: not missing, 90, "every dashboard metric on the endpoints", every_s=2)
 
 
 def test_the_prediction_log_keeps_rows_while_the_database_is_down_and_counts_what_it_drops(settings):
