@@ -33,6 +33,7 @@ from bench.common import CLIENT_NICENESS
 from cluster import mlflow_server, postgres, processes, serve
 from tasador import ray_jobs, registry, training
 from tasador.registry import PRODUCTION
+from tasador.retry import poll
 from tasador.settings import Settings
 
 GROUP = 6100
@@ -397,13 +398,11 @@ def graceful_redeploy(lab: ServingLab) -> dict:
 
 # -- helpers ---------------------------------------------------------------------------------------
 def wait_for(condition: Callable[[], bool], timeout_s: float) -> float:
+    """Seconds until ``condition`` holds (an answer that is not yet there or not JSON: not yet)."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-            if condition():
-                return time.monotonic() - started
-        time.sleep(0.3)
-    raise TimeoutError(f"condition not met within {timeout_s:.0f}s")
+    poll(condition, bool, timeout_s, "the scenario's condition", transient=(requests.RequestException, ValueError,
+                                                                           KeyError))
+    return time.monotonic() - started
 
 
 def corrupt_version(lab: ServingLab) -> str:

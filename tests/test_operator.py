@@ -5,7 +5,6 @@ recorded like a promotion and followed by serving, a prediction walked back to i
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta
 
 import psycopg2
@@ -16,6 +15,7 @@ from cli.main import app
 from cluster import serve
 from tasador import history, ray_jobs, registry, training
 from tasador.promotion import promote
+from tasador.retry import poll
 from tests.conftest import module_data
 from tests.serving import listings, register_ridge, wait_for_version
 
@@ -103,9 +103,8 @@ def test_a_prediction_is_walked_back_to_its_version_run_batches_and_raw_rows(ser
     assert done.exit_code == 0, done.output
     answer = json.loads(done.stdout)
     (prediction_id,) = answer["prediction_ids"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not logged(s, prediction_id):  # written within a flush interval
-        time.sleep(0.2)
+    poll(lambda: logged(s, prediction_id), bool, 30, f"prediction {prediction_id} logged",  # within a flush
+         every_s=0.2)
     walk = cli(served, "lineage", prediction_id, "--json")
     assert walk.exit_code == 0, walk.output
     walk = json.loads(walk.stdout)

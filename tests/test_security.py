@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import stat
 import subprocess
-import time
 from contextlib import closing
 
 import grpc
@@ -14,6 +13,7 @@ import requests
 
 from cluster import postgres, prometheus, serve, stack
 from tasador import mlflow_auth, ray_jobs
+from tasador.retry import poll
 from tests.conftest import REPO, module_data
 
 settings = module_data()  # this module's own databases, model and experiment
@@ -125,15 +125,13 @@ def test_nothing_the_stack_started_listens_off_loopback_but_the_allow_list(setti
         serve.deploy(settings)
     seen = ("gcs_server", "raylet", "postgres", "haproxy", "ray::ServeReplica", "ray::ProxyActor",
             *(("prometheus",) if prometheus.binary() else ()))
-    deadline = time.monotonic() + 90
-    while True:  # until the whole stack listens (a replica may be starting or being replaced)
+
+    def listening() -> tuple[list[str], list[dict]]:
         sockets = stack.listening_sockets(settings)
-        names = {s["name"] for s in sockets}
-        missing = [prefix for prefix in seen if not any(n.startswith(prefix) for n in names)]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert missing == [], (missing, sorted(names))  # the whole stack was seen
+        return [prefix for prefix in seen if not any(s["name"].startswith(prefix) for s in sockets)], sockets
+
+    # until the whole stack listens (a replica may be starting or being replaced)
+    _, sockets = poll(listening, lambda got: not got[0], 90, "every process of the stack listening", every_s=1)
     assert not_allowed(sockets) == []
     allowed = [s for s in sockets if not s["loopback"]]
     assert allowed, "the allow-list names listeners that no longer exist: shorten it"
