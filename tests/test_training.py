@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import psycopg2
@@ -22,6 +21,7 @@ from cluster import mlflow_server, postgres, processes
 from tasador import ray_jobs, registry, training
 from tasador.features import PriceModel
 from tasador.promotion import load_model, promote
+from tasador.retry import poll
 from tasador.schema import FEATURES
 from tests.conftest import module_data
 
@@ -163,13 +163,9 @@ def test_s3_artifacts_round_trip_through_an_s3_compatible_server(settings, train
                           mlflow_db_url=settings.pg_url("mlflow_s3"))
     pid = None
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"http://127.0.0.1:{port}", timeout=5)
-                break
-            except requests.RequestException:  # not listening yet, or too busy starting to answer
-                time.sleep(0.2)
+        # not listening yet, or too busy starting to answer: not yet
+        poll(lambda: requests.get(f"http://127.0.0.1:{port}", timeout=5), lambda _any_answer: True, 30,
+             "moto's S3 server answering", every_s=0.2, transient=(requests.RequestException,))
         pid = mlflow_server.start(s3)
         os.environ["MLFLOW_S3_ENDPOINT_URL"] = s3.mlflow_s3_endpoint_url
         import boto3
