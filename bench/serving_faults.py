@@ -400,8 +400,8 @@ def graceful_redeploy(lab: ServingLab) -> dict:
 def wait_for(condition: Callable[[], bool], timeout_s: float) -> float:
     """Seconds until ``condition`` holds (an answer that is not yet there or not JSON: not yet)."""
     started = time.monotonic()
-    poll(condition, bool, timeout_s, "the scenario's condition", transient=(requests.RequestException, ValueError,
-                                                                           KeyError))
+    poll(condition, bool, timeout_s, "the scenario's condition",
+         transient=(requests.RequestException, ValueError, KeyError))
     return time.monotonic() - started
 
 

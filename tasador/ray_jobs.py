@@ -30,7 +30,7 @@ from tasador.settings import Settings
 log = logging.getLogger(__name__)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-QUICK_S = 5.0  # a job is polled every 0.1 s for this long: most steps end within it
+QUICK_S = 5.0  # a job is polled every 0.1 s for this long: a short step (a decide, ~2 s) is seen at once
 
 
 @dataclass
