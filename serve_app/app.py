@@ -13,9 +13,9 @@ and a model deployment for explanations. Import path ``serve_app.app:app``
 - ``POST /admin/reload``: check the production alias now (``Authorization: Bearer <admin token>``)
 
 Bad input gets a 4xx naming the problem, never a 500. ``/predict`` bodies over ``LARGE_BODY_BYTES``
-are parsed, priced, logged and rendered by ``BulkPricer``, a deployment of their own, so a
-10,000-listing request never holds the event loop (nor the GIL) that answers /health and single
-listings. Overload is refused by Serve itself
+are parsed, priced, logged and rendered by ``BulkPricer``, the ingress of an application of its own
+(``bulk_app``, where HAProxy sends them), so a 10,000-listing request never holds the event loop (nor
+the GIL) that answers /health and single listings. Overload is refused by Serve itself
 (``max_queued_requests``, 503 with ``Retry-After``; ``request_timeout_s``), see config.yaml.
 """
 
@@ -38,14 +38,14 @@ from ray.serve.handle import DeploymentHandle
 from serve_app import metrics
 from serve_app.model import PriceModelServer, ProductionModel, RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
-from serve_app.schemas import LISTING, Listing, listings_adapter, to_columns
+from serve_app.schemas import LARGE_BODY_BYTES, LISTING, Listing, listings_adapter, to_columns
 from tasador.settings import Settings
 
 log = logging.getLogger("ray.serve")
-LARGE_BODY_BYTES = 32_768  # larger bodies leave the event loop (about 100 listings)
 EXPLAIN_HERE_ROWS = 4  # /explain of up to this many listings by the replica's own model; more: the explainer
 MAX_ERRORS = 20  # validation errors listed per response (the count says how many there were)
 IDEMPOTENCY_KEY = "idempotency-key"
+BULK_APP = "tasador-bulk"  # the application of BulkPricer (serve_app/config.yaml)
 ID_NAMESPACE = uuid.UUID("6f1f5a43-52a4-4d54-9d2b-7c1f3f0a7a11")  # prediction ids from idempotency keys
 
 _listing_schema = Listing.model_json_schema()
@@ -59,14 +59,19 @@ _BODY = {"requestBody": {"required": True, "content": {"application/json": {"sch
 
 api = FastAPI(title="Tasador price API", version="1",
               description="US real-estate prices from the production model of the Tasador registry.")
+bulk_api = FastAPI(title="Tasador price API: large requests", version="1",
+                   description=f"``/predict`` of over {LARGE_BODY_BYTES} bytes, where HAProxy sends them (the same "
+                               "request and answer as the price API's ``/predict``).")
 
 
 class BadRequest(Exception):
-    """Input the API refuses: ``status`` (422, or 413 for a body too large) and what is wrong."""
+    """Input the API refuses: ``status`` (422; 413 for a body too large, 415 for one that is not JSON),
+    what is wrong, and the error ``kind`` the metrics count."""
 
-    def __init__(self, message: str, errors: list[dict] | None = None, status: int = 422):
+    def __init__(self, message: str, errors: list[dict] | None = None, status: int = 422,
+                 kind: str = "invalid_input"):
         super().__init__(message)
-        self.status = status
+        self.status, self.kind = status, kind
         self.errors = errors or [{"field": None, "message": message}]
 
 
@@ -103,22 +108,18 @@ def parse_listings(body: bytes, max_listings: int, batch_adapter) -> list[Listin
                      "{\"listings\": [...]}")
 
 
-def content_type_problem(content_type: str | None) -> str | None:
-    """None when the body may be read as JSON (no Content-Type, or a JSON one)."""
-    if not content_type:
-        return None
-    media = content_type.split(";")[0].strip().lower()
-    if media in ("application/json", "*/*") or media.endswith("+json"):
-        return None
-    return f"Content-Type {media!r}: send the listings as application/json"
+def check_content_type(content_type: str | None) -> None:
+    """Passes when the body may be read as JSON (no Content-Type, or a JSON one)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media and media not in ("application/json", "*/*") and not media.endswith("+json"):
+        problem = f"Content-Type {media!r}: send the listings as application/json"
+        raise BadRequest(problem, [{"field": "Content-Type", "message": problem}], 415, "unsupported_media_type")
 
 
-def idempotency_problem(key: str | None) -> str | None:
-    if key is None:
-        return None
-    if not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
-        return "the Idempotency-Key header must be 1 to 255 printable ASCII characters"
-    return None
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
+        problem = "the Idempotency-Key header must be 1 to 255 printable ASCII characters"
+        raise BadRequest(problem, [{"field": "Idempotency-Key", "message": problem}])
 
 
 def prediction_ids(count: int, key: str | None) -> list[str]:
@@ -173,6 +174,34 @@ class PricingReplica:
         if log is not None:
             log.close(timeout_s=self.settings.prediction_log_close_s)
 
+    def _done(self, route: str, started: float, code: int, body: dict | bytes, kind: str | None = None,
+              headers: dict | None = None) -> Response:
+        self.metrics.requests.inc(tags={"route": route, "code": str(code)})
+        self.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
+        if code >= 400:
+            self.metrics.errors.inc(tags={"route": route, "kind": kind or str(code)})
+        if isinstance(body, bytes):
+            return Response(body, status_code=code, media_type="application/json", headers=headers)
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    def _refused(self, route: str, started: float, exc: BadRequest) -> Response:
+        return self._done(route, started, exc.status, {"detail": str(exc), "errors": exc.errors}, exc.kind)
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused when it is not JSON, or past ``serve_max_body_bytes`` without reading the rest."""
+        check_content_type(request.headers.get("content-type"))
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.settings.serve_max_body_bytes:
+            raise BadRequest(f"the body has {int(declared)} bytes, at most {self.settings.serve_max_body_bytes}",
+                             status=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.settings.serve_max_body_bytes:
+                raise BadRequest(f"the body has more than {self.settings.serve_max_body_bytes} bytes", status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def _logged(self, columns: dict, result: dict, key: str | None) -> dict:
         """The answer with one prediction id per listing, its rows handed to the log."""
         ids = prediction_ids(len(result["prices"]), key)
@@ -181,14 +210,29 @@ class PricingReplica:
 
 
 @serve.deployment
+@serve.ingress(bulk_api)
 class BulkPricer(PricingReplica):
     """``/predict`` bodies over ``LARGE_BODY_BYTES``: read, validated, priced, logged and rendered in a
-    process of their own, so a 10,000-listing request holds neither the ingress replica's event loop
-    nor its GIL. Answers (status, rendered body, error kind)."""
+    process of their own, so a 10,000-listing request holds neither an ingress replica's event loop
+    nor its GIL. HAProxy sends such bodies here over HTTP (``BULK_ROUTE_PREFIX``/predict, the
+    ``tasador-bulk`` application), so they never pass through ``PriceApi``; a large body that reaches
+    ``PriceApi`` anyway (chunked, or no HAProxy in front) is handed to ``price`` through a handle."""
 
     def __init__(self, loader_factory=large_requests_loader):
         self._start(loader_factory)
         self.adapter = listings_adapter(self.settings.serve_max_listings)
+
+    @bulk_api.post("/predict", openapi_extra=_BODY, summary="Price a list of listings: the price API's /predict")
+    async def predict(self, request: Request):
+        started = time.perf_counter()
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        try:
+            check_idempotency_key(key)
+            body = await self._body(request)
+        except BadRequest as exc:
+            return self._refused("/predict", started, exc)
+        code, rendered, kind = await asyncio.to_thread(self.price, body, key)  # the loop keeps answering health
+        return self._done("/predict", started, code, rendered, kind, _retry(code, self.settings))
 
     def price(self, body: bytes, key: str | None) -> tuple[int, bytes, str | None]:
         try:
@@ -204,9 +248,9 @@ class BulkPricer(PricingReplica):
 @serve.deployment
 @serve.ingress(api)
 class PriceApi(PricingReplica):
-    def __init__(self, explainer: DeploymentHandle, bulk: DeploymentHandle, loader_factory=RegistryLoader):
+    def __init__(self, explainer: DeploymentHandle, loader_factory=RegistryLoader):
         self._start(loader_factory)
-        self.explainer, self.bulk = explainer, bulk
+        self.explainer, self.bulk = explainer, None
         self.batch_adapter = listings_adapter(self.settings.serve_max_listings)
         self.explain_adapter = listings_adapter(self.settings.serve_max_explain)
         self.heavy = ThreadPoolExecutor(max_workers=2, thread_name_prefix="large-explain")
@@ -229,42 +273,23 @@ class PriceApi(PricingReplica):
                 return self.model.predict([columns])[0]
         return await self.predict_batched(columns)
 
-    def _done(self, route: str, started: float, code: int, body: dict | bytes, kind: str | None = None,
-              headers: dict | None = None) -> Response:
-        self.metrics.requests.inc(tags={"route": route, "code": str(code)})
-        self.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
-        if code >= 400:
-            self.metrics.errors.inc(tags={"route": route, "kind": kind or str(code)})
-        if isinstance(body, bytes):
-            return Response(body, status_code=code, media_type="application/json", headers=headers)
-        return JSONResponse(body, status_code=code, headers=headers)
-
-    async def _body(self, request: Request) -> bytes:
-        """The body, refused past ``serve_max_body_bytes`` without reading the rest."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.settings.serve_max_body_bytes:
-            raise BadRequest(f"the body has {int(declared)} bytes, at most {self.settings.serve_max_body_bytes}",
-                             status=413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.settings.serve_max_body_bytes:
-                raise BadRequest(f"the body has more than {self.settings.serve_max_body_bytes} bytes", status=413)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def _bulk(self) -> DeploymentHandle:
+        """BulkPricer, for a large body that reached this replica (chunked, or no HAProxy in front). Its
+        application is deployed beside this one, so the handle is looked up at first use."""
+        if self.bulk is None:
+            self.bulk = serve.get_deployment_handle(BulkPricer.name, app_name=BULK_APP)
+        return self.bulk
 
     async def _priced(self, route: str, request: Request, limit: int, adapter, price, key: str | None = None):
         """Read, validate and price one request; the response."""
         started = time.perf_counter()
-        problem = content_type_problem(request.headers.get("content-type"))
-        if problem:
-            return self._done(route, started, 415, {"detail": problem, "errors": [
-                {"field": "Content-Type", "message": problem}]}, "unsupported_media_type")
         loop = asyncio.get_running_loop()
         try:
+            if route == "/predict":
+                check_idempotency_key(key)
             body = await self._body(request)
             if len(body) > LARGE_BODY_BYTES and route == "/predict":
-                code, rendered, kind = await self.bulk.price.remote(body, key)
+                code, rendered, kind = await self._bulk().price.remote(body, key)
                 return self._done(route, started, code, rendered, kind, _retry(code, self.settings))
             if len(body) > LARGE_BODY_BYTES:
                 columns = await loop.run_in_executor(self.heavy, lambda: to_columns(parse_listings(body, limit,
@@ -272,8 +297,7 @@ class PriceApi(PricingReplica):
             else:
                 columns = to_columns(parse_listings(body, limit, adapter))
         except BadRequest as exc:
-            refused = {"detail": str(exc), "errors": exc.errors}
-            return self._done(route, started, exc.status, refused, "invalid_input")
+            return self._refused(route, started, exc)
         except Exception as exc:  # the bulk replica died mid-request: say so, never a bare 500
             log.exception("a large request could not be priced")
             return self._done(route, started, 503, {"detail": f"the model is unavailable: {type(exc).__name__}"},
@@ -294,10 +318,6 @@ class PriceApi(PricingReplica):
     @api.post("/predict", openapi_extra=_BODY, summary="Price one listing or a list of listings")
     async def predict(self, request: Request):
         key = request.headers.get(IDEMPOTENCY_KEY)
-        problem = idempotency_problem(key)
-        if problem:
-            return self._done("/predict", time.perf_counter(), 422, {"detail": problem, "errors": [
-                {"field": "Idempotency-Key", "message": problem}]}, "invalid_input")
         self.predicting += 1  # from the first await on: requests that arrive together see each other
         try:
             return await self._priced("/predict", request, self.settings.serve_max_listings, self.batch_adapter,
@@ -373,4 +393,5 @@ class PriceApi(PricingReplica):
         return self._done("/admin/reload", started, 200, {**here, "explainer": explainer})
 
 
-app = PriceApi.bind(PriceModelServer.bind(), BulkPricer.bind())
+app = PriceApi.bind(PriceModelServer.bind())
+bulk_app = BulkPricer.bind()

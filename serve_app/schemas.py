@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from tasador.schema import BOUNDS, EARLIEST_SALE, FEATURES, ID_FEATURES, STATES, STATUSES, WHOLE_NUMBERS, ZIP_MAX
 
+# Requests over LARGE_BODY_BYTES are priced by their own deployment (serve_app/app.py): HAProxy sends a
+# /predict whose Content-Length is larger straight to BULK_ROUTE_PREFIX + /predict (cluster/ray_head.py,
+# cluster/haproxy-rewrite-config); one that reaches the ingress anyway (chunked, or no HAProxy) is
+# handed over there. About 100 listings.
+LARGE_BODY_BYTES = 32_768
+BULK_ROUTE_PREFIX = "/bulk"
+
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 

@@ -3,7 +3,9 @@ registered-model name, the Serve app redeployed to follow it, and listings as a 
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import time
 from contextlib import contextmanager
 
@@ -13,7 +15,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cluster import serve
+from cluster import ray_head, serve
 from tasador import ray_jobs, registry, training
 from tasador.features import PriceModel
 from tasador.registry import PRODUCTION
@@ -37,6 +39,15 @@ def register_ridge(s, ds, arrays, features, alpha: float) -> str:
                              {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame)),
                               "data_hash": ds.data_hash, "trigger_batch_id": str(ds.batch_ids[-1]),
                               "trigger_reason": f"a test's Ridge (alpha {alpha:g}) on batches {ds.batch_ids}"})
+
+
+def haproxy_requests(s) -> dict[str, int]:
+    """Requests HAProxy has sent to each Serve backend (``http-<application>``), from its stats page (the
+    ``listen stats`` port of the config Ray wrote for this stack)."""
+    cfg = max(ray_head.haproxy_dir(s).rglob("*.cfg"), key=lambda f: f.stat().st_mtime)  # <dir>/<node id>/
+    port = re.search(r"^listen stats\s*\n\s*bind [^:]*:(\d+)", cfg.read_text(), re.M).group(1)
+    rows = csv.DictReader(requests.get(f"http://127.0.0.1:{port}/stats;csv", timeout=10).text.lstrip("# ").splitlines())
+    return {r["pxname"]: int(r["stot"]) for r in rows if r["svname"] == "BACKEND"}
 
 
 def set_production(s, version: str) -> None:

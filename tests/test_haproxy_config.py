@@ -12,15 +12,29 @@ from pathlib import Path
 import pytest
 
 from cluster import ray_head
+from serve_app.schemas import BULK_ROUTE_PREFIX, LARGE_BODY_BYTES
 from tasador.settings import Settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ray-haproxy.cfg"
 
 
-def rewrite(tmp_path: Path, settings: Settings, times: int = 1) -> str:
+def with_bulk_app(text: str) -> str:
+    """The fixture with the bulk application beside the main one: the lines Ray 2.60's template
+    (``ray/serve/_private/haproxy_templates.py``) writes for an application at ``/bulk``, longest prefix
+    first."""
+    text = text.replace("    acl is_http-tasador path_beg /\n", "    acl is_http-tasador-bulk path_beg /bulk/\n"
+                        "    acl is_http-tasador-bulk path /bulk\n    acl is_http-tasador path_beg /\n")
+    text = text.replace("    use_backend http-tasador if", "    use_backend http-tasador-bulk if is_http-tasador-bulk\n"
+                        "    use_backend http-tasador if")
+    return text.replace("listen stats", "backend http-tasador-bulk\n    server SERVE_REPLICA_tasador-bulk-BulkPricer-x "
+                        "127.0.0.1:30002 check\nlisten stats")
+
+
+def rewrite(tmp_path: Path, settings: Settings, times: int = 1, bulk_app: bool = False) -> str:
     """The fixture as the wrapper leaves it, after HAProxy accepted it ``times`` times."""
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(FIXTURE.read_text().replace("@DIR@", str(tmp_path)))
+    text = FIXTURE.read_text().replace("@DIR@", str(tmp_path))
+    cfg.write_text(with_bulk_app(text) if bulk_app else text)
     (tmp_path / "500.http").write_text("HTTP/1.1 500 Internal Server Error\r\n\r\n")
     env = {**os.environ, **ray_head.haproxy_env(settings)}
     for _ in range(times):
@@ -69,3 +83,22 @@ def test_the_refusal_states_its_length_so_the_connection_stays_open():
     headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
     assert int(headers[b"Content-Length"]) == len(body)
     assert headers[b"Retry-After"] == b"1" and b"Connection" not in headers
+
+
+def test_large_predict_bodies_are_sent_to_the_bulk_application_once_it_is_routed(tmp_path):
+    text = rewrite(tmp_path, Settings(), times=2, bulk_app=True)
+    rules = re.findall(r"^\s*http-request set-path (.*)$", text, re.M)
+    assert rules == [f"{BULK_ROUTE_PREFIX}%[path] if {{ method POST }} {{ path /predict }} "
+                     f"{{ req.hdr_val(content-length) gt {LARGE_BODY_BYTES} }}"]
+    lines = text.splitlines()
+    first_acl = next(i for i, line in enumerate(lines) if line.strip().startswith("acl is_http-"))
+    assert "set-path" in lines[first_acl - 1]  # before the rules that pick the backend and its metrics' labels
+    assert "set-path" not in rewrite(tmp_path, Settings())  # no bulk application routed: nothing to send there
+
+
+def test_the_bulk_application_is_where_the_wrapper_sends_large_bodies():
+    import yaml
+
+    apps = yaml.safe_load((Path(__file__).parents[1] / "serve_app" / "config.yaml").read_text())["applications"]
+    (bulk,) = [a for a in apps if a["import_path"] == "serve_app.app:bulk_app"]
+    assert bulk["route_prefix"] == BULK_ROUTE_PREFIX

@@ -94,12 +94,12 @@ def test_the_rayservice_serves_the_same_application_as_the_local_config():
     remote = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert remote["applications"] == local["applications"]
     assert remote["http_options"]["port"] == local["http_options"]["port"] == Settings().serve_port
-    module, _, attr = remote["applications"][0]["import_path"].partition(":")
-    assert module_exists(module)
     import serve_app.app as app_module
 
-    assert hasattr(app_module, attr)
-    names = {d["name"] for d in remote["applications"][0]["deployments"]}
+    for app in remote["applications"]:
+        module, _, attr = app["import_path"].partition(":")
+        assert module_exists(module) and hasattr(app_module, attr)
+    names = {d["name"] for app in remote["applications"] for d in app["deployments"]}
     from serve_app.app import BulkPricer, PriceApi
     from serve_app.model import PriceModelServer
 

@@ -27,12 +27,21 @@ from dashboard.data import CHARTS
 from serve_app.app import prediction_ids
 from serve_app.model import RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
+from serve_app.schemas import LARGE_BODY_BYTES
 from tasador import registry
 from tasador.promotion import load_model
 from tasador.retry import poll
 from tasador.schema import FEATURES
 from tests.conftest import module_data
-from tests.serving import listings, register_ridge, serving_model, set_production, until_every_replica, wait_for_version
+from tests.serving import (
+    haproxy_requests,
+    listings,
+    register_ridge,
+    serving_model,
+    set_production,
+    until_every_replica,
+    wait_for_version,
+)
 
 settings = module_data()  # this module's own databases, model and experiment
 
@@ -214,17 +223,28 @@ def test_an_oversized_list_is_refused(serving):
 
 def test_a_large_request_is_priced_by_the_bulk_deployment_like_a_small_one(serving, raw):
     """Over 32 kB the body goes to BulkPricer (a process of its own): the same prices, one id each,
-    every listing logged."""
+    every listing logged. HAProxy sends a body whose length it is told straight to the bulk
+    application; a chunked one reaches the ingress, which hands it over."""
     s, ds = serving["s"], serving["ds"]
     marker = 424244.0
     frame = ds.frame[ds.test].head(20)
     small = [{**row, "brokered_by": marker} for row in listings(frame)]
     large = (small * 100)[:2000]
-    assert len(json.dumps({"listings": large})) > 32_768
+    assert len(json.dumps({"listings": large})) > LARGE_BODY_BYTES
     one_by_one = requests.post(f"{s.serve}/predict", json={"listings": small}, timeout=30).json()["prices"]
+    before = haproxy_requests(s)
     body = requests.post(f"{s.serve}/predict", json={"listings": large}, timeout=60).json()
-    assert body["prices"] == (one_by_one * 100)[:2000] and len(set(body["prediction_ids"])) == 2000
-    assert len(_logged(raw, marker, 2020)) == 2020
+    routed = haproxy_requests(s)
+    chunked = requests.post(f"{s.serve}/predict", data=iter([json.dumps({"listings": large}).encode()]),
+                            headers={"Content-Type": "application/json"}, timeout=60).json()
+    after = haproxy_requests(s)
+    assert body["prices"] == chunked["prices"] == (one_by_one * 100)[:2000]
+    assert len(set(body["prediction_ids"]) | set(chunked["prediction_ids"])) == 4000
+    assert routed["http-tasador-bulk"] == before["http-tasador-bulk"] + 1
+    assert routed["http-tasador"] == before["http-tasador"]
+    assert after["http-tasador"] == routed["http-tasador"] + 1
+    assert after["http-tasador-bulk"] == routed["http-tasador-bulk"]
+    assert len(_logged(raw, marker, 4020)) == 4020
 
 
 def test_admin_reload_needs_the_token(serving):
