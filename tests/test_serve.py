@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import psycopg2
 import pytest
 import requests
@@ -24,7 +25,7 @@ import requests
 from bench.common import CLIENT_NICENESS
 from cluster import prometheus, ray_head, serve
 from dashboard.data import CHARTS
-from serve_app.app import prediction_ids
+from serve_app.app import BULK_NICENESS, prediction_ids
 from serve_app.model import RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
 from serve_app.schemas import LARGE_BODY_BYTES
@@ -245,6 +246,20 @@ def test_a_large_request_is_priced_by_the_bulk_deployment_like_a_small_one(servi
     assert after["http-tasador"] == routed["http-tasador"] + 1
     assert after["http-tasador-bulk"] == routed["http-tasador-bulk"]
     assert len(_logged(raw, marker, 4020)) == 4020
+
+
+def test_the_bulk_pricer_runs_below_everything_else_and_the_ingress_as_ray_started_it(serving):
+    """Every thread of BulkPricer at niceness 19 (a single listing must not wait for the CPU behind a
+    10,000-listing request); PriceApi's main thread at Ray's worker niceness."""
+    apps = serve.applications(serving["s"])
+
+    def threads(app: str, deployment: str) -> list[int]:
+        (replica,) = apps[app]["deployments"][deployment]["replicas"][:1]
+        return [os.getpriority(os.PRIO_PROCESS, t.id) for t in psutil.Process(int(replica["pid"])).threads()]
+
+    bulk = threads("tasador-bulk", "BulkPricer")
+    assert len(bulk) > 5 and set(bulk) == {BULK_NICENESS}, bulk
+    assert threads("tasador", "PriceApi")[0] == 15
 
 
 def test_admin_reload_needs_the_token(serving):
