@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,6 +18,7 @@ from cluster import ray_head, serve
 from tasador import ray_jobs, registry, training
 from tasador.features import PriceModel
 from tasador.registry import PRODUCTION
+from tasador.retry import poll
 from tasador.schema import FEATURES
 
 
@@ -57,17 +57,18 @@ def set_production(s, version: str) -> None:
 def until_every_replica(s, holds, what: str, timeout_s: float = 30) -> dict:
     """Until ``holds`` is true of every replica's /health: of ten answers in a row (each replica reports
     its own state; HAProxy spreads the requests over them). Fails naming ``what`` at ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    in_a_row, seen = 0, {}
-    while time.monotonic() < deadline and in_a_row < 10:
+    held: list[bool] = []  # of each answer so far
+
+    def answer() -> dict:
         try:
             seen = requests.get(f"{s.serve}/health", timeout=5).json()
         except (requests.RequestException, ValueError) as exc:  # a replica still starting: not yet
             seen = {"unanswered": f"{type(exc).__name__}: {exc}"}
-        in_a_row = in_a_row + 1 if "unanswered" not in seen and holds(seen) else 0
-        time.sleep(0.1)
-    assert in_a_row >= 10, f"not every replica {what} within {timeout_s}s: {seen}"
-    return seen
+        held.append("unanswered" not in seen and holds(seen))
+        return seen
+
+    return poll(answer, lambda _: held[-10:] == [True] * 10, timeout_s,
+                f"every replica {what} (ten answers in a row)", every_s=0.1)
 
 
 def wait_for_version(s, version: str, timeout_s: float = 30) -> None:

@@ -20,6 +20,7 @@ import requests
 from cluster import processes
 from tasador import history, ray_jobs, registry
 from tasador.promotion import promote
+from tasador.retry import poll
 from tests.conftest import module_data
 from tests.serving import listings, register_ridge, serving_model, set_production, wait_for_version
 
@@ -86,13 +87,18 @@ def test_predict_form_gives_a_price_with_its_version_and_contributions(app, page
     screenshot(page, "predict")
     prediction_id = page.inner_text("#prediction-id")
     page.click("#lineage-link")
-    deadline = time.monotonic() + 30  # the prediction log writes within its flush interval
-    while time.monotonic() < deadline:
+
+    def lineage_problem() -> str | None:
+        """None once the page walks the lineage, else what it says instead (then it is loaded anew)."""
         page.wait_for_selector("#lineage-walk, #lineage-error", timeout=30_000)
         if page.locator("#lineage-walk").count():
-            break
-        time.sleep(1)
+            return None
+        problem = page.inner_text("#lineage-error")
         page.goto(f"{app['url']}/lineage?id={prediction_id}")
+        return problem
+
+    poll(lineage_problem, lambda problem: problem is None, 30,
+         "the lineage of the prediction just made (the log writes within its flush interval)", every_s=1)
     assert f"version {app['v1']} of tasador-dash-test" in page.inner_text("#lineage-version")
     page.wait_for_selector("#lineage-raw-rows .ag-row", timeout=30_000)
     assert str(app["batch_id"]) in page.inner_text("#lineage-batches")
@@ -136,14 +142,20 @@ def test_monitoring_page_shows_serve_metrics_after_some_requests(app, page):
     sender = threading.Thread(target=load, daemon=True)
     sender.start()
     try:
-        deadline = time.monotonic() + 120
         page.goto(app["url"] + "/monitoring")
-        while time.monotonic() < deadline:
+
+        def unplotted() -> str | None:
+            """None once both series have data, else the page's text (then it is loaded anew: what
+            Prometheus has scraped by then)."""
             page.wait_for_selector("#monitoring-graphs, #monitoring-message", timeout=30_000)
             if page.locator("#series-0.has-data").count() and page.locator("#series-1.has-data").count():
-                break
-            time.sleep(5)
+                return None
+            text = page.inner_text("#page")[:2000]
             page.reload()
+            return text
+
+        poll(unplotted, lambda text: text is None, 120, "the request rate and latency of /predict plotted",
+             every_s=5)
     finally:
         stop.set()
         sender.join()
