@@ -237,7 +237,7 @@ class BulkPricer(PricingReplica):
         # The lowest priority: on 2 cores a single listing otherwise waited for the CPU behind a
         # 10,000-listing request. A/B on one private stack (25 s each, ~380 probes, 2 rounds): one listing's
         # p99 +40..+51 ms beside 10,000-listing requests at Ray's 15, +13..+22 ms at 19, as many priced.
-        self.reniced_threads = renice(BULK_NICENESS)
+        renice(BULK_NICENESS)
         self._start(loader_factory)
         self.adapter = listings_adapter(self.settings.serve_max_listings)
 
@@ -304,8 +304,7 @@ class PriceApi(PricingReplica):
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            if route == "/predict":
-                check_idempotency_key(key)
+            check_idempotency_key(key)  # None (no header, or /explain) passes
             body = await self._body(request)
             if len(body) > LARGE_BODY_BYTES and route == "/predict":
                 code, rendered, kind = await self._bulk().price.remote(body, key)
