@@ -38,6 +38,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app import metrics
 from serve_app.model import PriceModelServer, ProductionModel, RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
+from serve_app.priority import serve_at
 from serve_app.schemas import LARGE_BODY_BYTES, LISTING, Listing, listings_adapter, to_columns
 from tasador.settings import Settings
 
@@ -46,7 +47,7 @@ EXPLAIN_HERE_ROWS = 4  # /explain of up to this many listings by the replica's o
 MAX_ERRORS = 20  # validation errors listed per response (the count says how many there were)
 IDEMPOTENCY_KEY = "idempotency-key"
 BULK_APP = "tasador-bulk"  # the application of BulkPricer (serve_app/config.yaml)
-BULK_NICENESS = 19  # every thread of BulkPricer (BulkPricer.__init__)
+BULK_NICENESS = 19  # every thread of BulkPricer once started (BulkPricer.__init__)
 ID_NAMESPACE = uuid.UUID("6f1f5a43-52a4-4d54-9d2b-7c1f3f0a7a11")  # prediction ids from idempotency keys
 
 _listing_schema = Listing.model_json_schema()
@@ -135,20 +136,6 @@ def _short(value):
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def renice(niceness: int) -> int:
-    """Every thread of this process at ``niceness`` (Ray lowers only a worker's main thread, to 15: its
-    gRPC and I/O threads stay at 0). Threads started later inherit it from the thread that starts them.
-    Returns how many threads were changed."""
-    changed = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
-            changed += 1
-        except (PermissionError, ProcessLookupError):  # raising a priority needs CAP_SYS_NICE; a thread ended
-            pass
-    return changed
-
-
 def _retry(code: int, settings: Settings) -> dict | None:
     """``Retry-After`` on a 503: the next alias poll may bring a model."""
     return {"Retry-After": str(int(settings.serve_poll_s) + 1)} if code == 503 else None
@@ -171,7 +158,8 @@ class PricingReplica:
         # constructor (worker start, imports), then the constructor (settings, model, log)
         process_started = psutil.Process().create_time()
         self.startup = {"pid": os.getpid(), "before_constructor_s": round(began - process_started, 2),
-                        "constructor_s": round(time.time() - began, 2)}
+                        "constructor_s": round(time.time() - began, 2),
+                        "started_at_niceness": os.getpriority(os.PRIO_PROCESS, 0)}
         log.info("replica started: %s", self.startup)
 
     async def check_health(self):
@@ -237,9 +225,9 @@ class BulkPricer(PricingReplica):
         # The lowest priority: on 2 cores a single listing otherwise waited for the CPU behind a
         # 10,000-listing request. A/B on one private stack (25 s each, ~380 probes, 2 rounds): one listing's
         # p99 +40..+51 ms beside 10,000-listing requests at Ray's 15, +13..+22 ms at 19, as many priced.
-        renice(BULK_NICENESS)
         self._start(loader_factory)
         self.adapter = listings_adapter(self.settings.serve_max_listings)
+        serve_at(BULK_NICENESS)
 
     @bulk_api.post("/predict", openapi_extra=_BODY, summary="Price a list of listings: the price API's /predict")
     async def predict(self, request: Request):
@@ -276,6 +264,7 @@ class PriceApi(PricingReplica):
         self.predicting = 0  # /predict requests in this replica now (predict_small)
         self.predict_batched.set_max_batch_size(self.settings.serve_batch_max_size)
         self.predict_batched.set_batch_wait_timeout_s(self.settings.serve_batch_wait_s)
+        serve_at()  # started at the default priority (serve_app/priority.py)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)  # both set from the settings in __init__
     async def predict_batched(self, requests: list[dict]) -> list[dict]:

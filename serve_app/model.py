@@ -31,6 +31,7 @@ import pandas as pd
 from ray import serve
 
 from serve_app import metrics
+from serve_app.priority import serve_at
 from tasador import compiled
 from tasador.registry import mlflow_client, production_version, tracking_server
 from tasador.schema import FEATURES
@@ -372,6 +373,7 @@ class PriceModelServer:
         import tasador.explain  # noqa: F401  (SHAP: imported before the replica answers, not in its first request)
 
         self.model = ProductionModel(Settings.load(), loader_factory)
+        serve_at()  # started at the default priority (serve_app/priority.py)
 
     async def predict(self, requests: list[dict]) -> list[dict]:
         return await asyncio.to_thread(self.model.predict, requests)

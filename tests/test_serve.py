@@ -28,6 +28,7 @@ from dashboard.data import CHARTS
 from serve_app.app import BULK_NICENESS, prediction_ids
 from serve_app.model import RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
+from serve_app.priority import RAY_WORKER_NICENESS, STARTING_NICENESS
 from serve_app.schemas import LARGE_BODY_BYTES
 from tasador import registry
 from tasador.promotion import load_model
@@ -248,9 +249,10 @@ def test_a_large_request_is_priced_by_the_bulk_deployment_like_a_small_one(servi
     assert len(_logged(raw, marker, 4020)) == 4020
 
 
-def test_the_bulk_pricer_runs_below_everything_else_and_the_ingress_as_ray_started_it(serving):
-    """Every thread of BulkPricer at niceness 19 (a single listing must not wait for the CPU behind a
-    10,000-listing request); PriceApi's main thread at Ray's worker niceness."""
+def test_replicas_start_at_the_default_priority_and_serve_at_theirs(serving):
+    """A replica started at niceness 0 (a replacement gets the CPU to start: serve_app/priority.py), then
+    serves with every thread at its own: BulkPricer at 19 (a single listing must not wait for the CPU
+    behind a 10,000-listing request), PriceApi at Ray's worker niceness."""
     apps = serve.applications(serving["s"])
 
     def threads(app: str, deployment: str) -> list[int]:
@@ -259,7 +261,10 @@ def test_the_bulk_pricer_runs_below_everything_else_and_the_ingress_as_ray_start
 
     bulk = threads("tasador-bulk", "BulkPricer")
     assert len(bulk) > 5 and set(bulk) == {BULK_NICENESS}, bulk
-    assert threads("tasador", "PriceApi")[0] == 15
+    assert set(threads("tasador", "PriceApi")) == {RAY_WORKER_NICENESS}
+    started = {h["replica"]["pid"]: h["replica"]["started_at_niceness"] for h in
+               (requests.get(f"{serving['s'].serve}/health", timeout=10).json() for _ in range(8))}
+    assert set(started.values()) == {STARTING_NICENESS}, started
 
 
 def test_admin_reload_needs_the_token(serving):
