@@ -12,26 +12,17 @@ Lowering a priority needs no privilege: this works in a pod too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
 
 RAY_WORKER_NICENESS = 15  # Ray's default worker_niceness: what the pricing replicas serve at
 STARTING_NICENESS = 0  # RAY_worker_niceness of the Serve applications' runtime environment (config.yaml)
 
 
-def renice(niceness: int, threads: Iterable[int] | None = None) -> int:
-    """``threads`` (native ids; default: every thread of this process) at ``niceness``. Threads started
-    later inherit it from the thread that starts them. Returns how many threads were changed."""
-    changed = 0
-    for tid in threads if threads is not None else map(int, os.listdir("/proc/self/task")):
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, niceness)
-            changed += 1
-        except (PermissionError, ProcessLookupError):  # raising a priority needs CAP_SYS_NICE; a thread ended
-            pass
-    return changed
-
-
-def serve_at(niceness: int = RAY_WORKER_NICENESS) -> int:
-    """The end of a replica's start: every thread at ``niceness``."""
-    return renice(niceness)
+def serve_at(niceness: int = RAY_WORKER_NICENESS) -> None:
+    """The end of a replica's start: every thread of this process at ``niceness``. Threads started
+    later inherit it from the thread that starts them."""
+    for tid in os.listdir("/proc/self/task"):
+        # raising a priority needs CAP_SYS_NICE; a thread may have ended
+        with contextlib.suppress(PermissionError, ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
