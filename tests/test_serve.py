@@ -21,6 +21,7 @@ import psutil
 import psycopg2
 import pytest
 import requests
+import yaml
 
 from bench.common import CLIENT_NICENESS
 from cluster import prometheus, ray_head, serve
@@ -45,6 +46,7 @@ from tests.serving import (
     wait_for_version,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 settings = module_data()  # this module's own databases, model and experiment
 
 GROUP = 55
@@ -176,13 +178,18 @@ def test_past_every_replicas_slots_and_the_queue_a_request_is_refused_at_once_wi
 
 
 
-def test_haproxy_runs_the_threads_the_settings_give_it(serving):
-    """``serve_haproxy_threads`` reaches the config Ray writes (through ``RAY_SERVE_HAPROXY_NBTHREAD``)."""
+def test_haproxy_runs_the_threads_and_the_server_timeout_the_stack_gives_it(serving):
+    """``serve_haproxy_threads`` reaches the config Ray writes (through ``RAY_SERVE_HAPROXY_NBTHREAD``),
+    and so does a wait for a replica's answer longer than Serve's own request timeout."""
     s = serving["s"]
     configs = list(ray_head.haproxy_dir(s).rglob("haproxy.cfg"))
     assert configs
+    config_yaml = yaml.safe_load((REPO / "serve_app" / "config.yaml").read_text())
+    assert config_yaml["http_options"]["request_timeout_s"] < ray_head.HAPROXY_SERVER_TIMEOUT_S
     for config in configs:
-        assert re.search(rf"^\s*nbthread {s.serve_haproxy_threads}\s*$", config.read_text(), re.M), config
+        text = config.read_text()
+        assert re.search(rf"^\s*nbthread {s.serve_haproxy_threads}\s*$", text, re.M), config
+        assert re.findall(r"^\s*timeout server (\S+)$", text, re.M) == [f"{ray_head.HAPROXY_SERVER_TIMEOUT_S}s"]
 
 
 BAD = [

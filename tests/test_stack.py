@@ -64,6 +64,6 @@ def test_private_stack_ports_are_distinct_and_outside_the_ephemeral_range(tmp_pa
     for s in (first, second):
         ports += [s.pg_port, s.data_api_port, s.ray_dashboard_port, s.ray_client_port, s.ray_metrics_port,
                   s.mlflow_port, s.serve_port, s.prometheus_port, s.dash_port, s.airflow_port,
-                  *range(s.ray_gcs_port, s.ray_gcs_port + 210)]
+                  *range(s.ray_gcs_port, s.ray_gcs_port + ray_head.PORT_BLOCK)]
     assert len(ports) == len(set(ports))
     assert max(ports) < low

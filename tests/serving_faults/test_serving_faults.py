@@ -76,4 +76,4 @@ def stack_ports(s) -> set[int]:
     """Every port the stack's settings give its processes (the Ray head's block included)."""
     named = {s.pg_port, s.mlflow_port, s.ray_dashboard_port, s.ray_client_port, s.ray_metrics_port, s.serve_port,
              s.data_api_port, s.prometheus_port, s.dash_port}
-    return named | set(range(s.ray_gcs_port, s.ray_gcs_port + 210))
+    return named | set(range(s.ray_gcs_port, s.ray_gcs_port + ray_head.PORT_BLOCK))
