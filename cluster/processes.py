@@ -146,8 +146,14 @@ def wait_http(url: str, timeout_s: float, headers: dict | None = None, pid: int 
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s (last: {last})")
 
 
-# Ports handed out by this process: two stacks made by one test session never share one.
+# Ports handed out by this process to stacks not yet discarded: two stacks made by one test session never
+# share one, and a session of many stacks does not run out (a CI run found no block of 900 after ~40).
 _HANDED_OUT: set[int] = set()
+
+
+def release(ports: set[int]) -> None:
+    """Ports of a discarded stack, free to hand out again (a port still bound is never handed out)."""
+    _HANDED_OUT.difference_update(ports)
 
 
 def _assignable_ports() -> range:

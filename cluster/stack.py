@@ -115,7 +115,16 @@ def down(settings: Settings, discard: bool = False) -> list[str]:
         log.info("stopped %s in %.1f s", name, time.monotonic() - began)
     if discard:
         ray_head.discard_files(settings)
+        processes.release(ports(settings))  # its processes are gone: a later stack of this process may have them
     return stopped
+
+
+def ports(settings: Settings) -> set[int]:
+    """Every port the settings give the stack's processes (the Ray head's block included)."""
+    named = {settings.pg_port, settings.data_api_port, settings.ray_dashboard_port, settings.ray_client_port,
+             settings.ray_metrics_port, settings.mlflow_port, settings.serve_port, settings.prometheus_port,
+             settings.dash_port, settings.airflow_port}
+    return named | set(range(settings.ray_gcs_port, settings.ray_gcs_port + ray_head.PORT_BLOCK))
 
 
 REPLICA_EXIT_S = 60.0  # past Serve's graceful_shutdown_timeout_s (30 s in config.yaml)

@@ -60,10 +60,8 @@ def test_private_stack_ports_are_distinct_and_outside_the_ephemeral_range(tmp_pa
     (a CI run lost Dash's port that way), nor repeat between two stacks of one session."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     first, second = (stack.isolated_settings(str(tmp_path / n)) for n in ("a", "b"))
-    ports = []
-    for s in (first, second):
-        ports += [s.pg_port, s.data_api_port, s.ray_dashboard_port, s.ray_client_port, s.ray_metrics_port,
-                  s.mlflow_port, s.serve_port, s.prometheus_port, s.dash_port, s.airflow_port,
-                  *range(s.ray_gcs_port, s.ray_gcs_port + ray_head.PORT_BLOCK)]
-    assert len(ports) == len(set(ports))
+    ports = [*stack.ports(first), *stack.ports(second)]
+    assert len(ports) == len(set(ports)) == 2 * (10 + ray_head.PORT_BLOCK)
     assert max(ports) < low
+    stack.down(first, discard=True)  # nothing ran: a discarded stack's ports may be handed out again
+    assert not stack.ports(first) & processes._HANDED_OUT and stack.ports(second) <= processes._HANDED_OUT

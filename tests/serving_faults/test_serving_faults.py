@@ -50,7 +50,7 @@ def test_tasador_down_writes_every_prediction_and_leaves_nothing_behind(serving_
         serving_faults.wait_for(lambda: os.path.getsize(lab.workdir / "tasador-down.jsonl") > 100_000, 90)
     haproxy = ray_head.haproxy_pids(s)
     assert haproxy, "the Serve app runs behind HAProxy: its processes are found before the stop"
-    ports = stack_ports(s)
+    ports = stack.ports(s)
     stack.down(s, discard=True)
     postgres.start(s)  # to count
     try:
@@ -70,10 +70,3 @@ def test_tasador_down_writes_every_prediction_and_leaves_nothing_behind(serving_
 def mine(s, cmdline: list[str]) -> bool:
     marks = (str(s.state_path), str(ray_head.temp_dir(s)), str(ray_head.haproxy_dir(s)))
     return any(mark in arg for arg in cmdline for mark in marks)
-
-
-def stack_ports(s) -> set[int]:
-    """Every port the stack's settings give its processes (the Ray head's block included)."""
-    named = {s.pg_port, s.mlflow_port, s.ray_dashboard_port, s.ray_client_port, s.ray_metrics_port, s.serve_port,
-             s.data_api_port, s.prometheus_port, s.dash_port}
-    return named | set(range(s.ray_gcs_port, s.ray_gcs_port + ray_head.PORT_BLOCK))
