@@ -47,7 +47,7 @@ def tasador_time(settings, group: int, day: str) -> tuple[int, int, dict]:
 
     ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
     try:
-        processing.clean_with_ray(settings, ingested.batch_id)
+        list(processing.cleaned_blocks(settings, ingested.batch_id))
         with timer() as t_tasador:
             result = processing.process_pending(settings, group, day)
     finally:

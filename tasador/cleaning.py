@@ -50,13 +50,15 @@ def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
     today = today or dt.date.today()
     out = pd.DataFrame({"raw_id": raw["raw_id"].astype("int64"), "batch_id": raw["batch_id"].astype("int64")})
     reasons = pd.Series(None, index=raw.index, dtype=object)
+    open_rows = np.ones(len(raw), dtype=bool)  # not rejected yet (an object Series' isna per rule cost 0.1 s)
 
     def reject(mask: pd.Series, why) -> None:
-        """Record ``why`` for rows in ``mask`` not yet rejected: a string, or a function of the value
-        Series that builds the messages (called on the rejected rows only)."""
-        new = (mask.fillna(False) if mask.dtype != bool else mask) & reasons.isna()
+        """Record ``why`` for rows in ``mask`` not yet rejected: a string, or a function of the boolean
+        row mask that builds the messages from the value Series (called on the rejected rows only)."""
+        new = mask.to_numpy(dtype=bool, na_value=False) & open_rows
         if new.any():
-            reasons[new] = why if isinstance(why, str) else why(new).astype(object)
+            open_rows[new] = False
+            reasons[new] = why if isinstance(why, str) else why(new).astype(object).to_numpy()
 
     text = {c: _text(raw[c]) for c in COLUMNS}
 
@@ -108,8 +110,10 @@ def clean_frame(raw: pd.DataFrame, price_min: float, price_max: float,
     reject(zip_num.notna() & ((zip_num < 0) | (zip_num > ZIP_MAX) | (zip_num % 1 != 0)),
            lambda m: "zip_code '" + text["zip_code"][m] + "' is not a 5-digit code")
     valid_zip = zip_num.between(0, ZIP_MAX) & (zip_num % 1 == 0)
-    out["zip_code"] = zip_num[valid_zip].astype("int64").astype(str).str.zfill(5).reindex(raw.index).astype(object)
-    out["zip_code"] = out["zip_code"].where(out["zip_code"].notna(), None)
+    # padded in Arrow (a per-value Python zfill took 0.16 s of a 230k-row batch's 1.1 s)
+    padded = pc.utf8_lpad(pc.cast(pa.array(zip_num.where(valid_zip).to_numpy(), from_pandas=True).cast(pa.int64()),
+                                  pa.string()), len(str(ZIP_MAX)), "0")
+    out["zip_code"] = pd.Series(padded.to_numpy(zero_copy_only=False), index=raw.index, dtype=object)
 
     out["city"] = text["city"]
     dates = pd.to_datetime(text["prev_sold_date"], errors="coerce", format="ISO8601")
@@ -144,10 +148,11 @@ def _number(text: pd.Series) -> pd.Series:
 
 
 def clean_table(table: pa.Table, price_min: float, price_max: float, today: dt.date | None = None) -> pd.DataFrame:
-    """``clean_frame`` for an Arrow block (Ray Data's format), strings kept in Arrow."""
-    return clean_frame(table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
+    """``clean_frame`` for an Arrow block (Ray Data's format), strings kept in Arrow, with each row's
+    ``row_hash`` (``with_row_hashes``: hashed in the Ray task, off the driver)."""
+    return with_row_hashes(clean_frame(table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
                                                      pa.large_string(): pd.StringDtype("pyarrow")}.get),
-                       price_min, price_max, today)
+                       price_min, price_max, today))
 
 
 def property_ids(df: pd.DataFrame) -> pd.Series:
@@ -172,6 +177,62 @@ def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
         first = df.loc[clean, "raw_id"].groupby([keys[c] for c in COLUMNS], dropna=False, sort=False).transform("first")
         df.loc[dup[dup].index, "reason"] = "exact duplicate of raw row " + first[dup].astype(str)
     return df
+
+
+class DuplicateMarker:
+    """``mark_duplicates`` over a batch that arrives block by block in ``raw_id`` order (each block's ids
+    above every earlier block's), so that each block can be written while later ones are still cleaned: a
+    row gets the reason it would get in the whole batch. Blocks carry ``row_hash`` (``clean_table``
+    computes it in the Ray task): only the clean rows whose hash was seen before, in an earlier block or
+    in their own, are compared, exactly, by ``mark_duplicates``; a hash collision can only add a row to
+    compare, never mark one. The driver's work per block is then a hash lookup, not a sort of the block
+    (0.6-0.9 s per 230k-row batch on the driver before, the whole block through ``mark_duplicates``)."""
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.uint64)  # every clean row's hash so far, sorted
+        self.blocks: list[pd.DataFrame] = []  # every earlier block's clean rows (kept for the exact check)
+        self.last_raw_id: int | None = None
+
+    def mark(self, block: pd.DataFrame) -> pd.DataFrame:
+        block = block.reset_index(drop=True)
+        if not len(block):
+            return block
+        if self.last_raw_id is not None and block["raw_id"].min() <= self.last_raw_id:
+            raise ValueError(f"blocks out of raw_id order: raw_id {block['raw_id'].min()} after {self.last_raw_id}")
+        hashes = block["row_hash"].to_numpy(dtype=np.uint64)
+        clean = block["reason"].isna().to_numpy()
+        candidate = np.zeros(len(block), dtype=bool)
+        candidate[clean] = (in_sorted(hashes[clean], self.hashes)
+                            | pd.Series(hashes[clean]).duplicated(keep=False).to_numpy())
+        if candidate.any():
+            wanted = np.sort(hashes[candidate])
+            earlier = [rows[in_sorted(rows["row_hash"].to_numpy(dtype=np.uint64), wanted)] for rows in self.blocks]
+            judged = mark_duplicates(pd.concat([*(rows for rows in earlier if len(rows)), block[candidate]],
+                                               ignore_index=True)).set_index("raw_id")["reason"]
+            block.loc[candidate, "reason"] = judged.loc[block.loc[candidate, "raw_id"]].to_numpy()
+            clean = block["reason"].isna().to_numpy()
+        self.blocks.append(block[clean])
+        self.hashes = np.sort(np.concatenate([self.hashes, hashes[clean]]))
+        self.last_raw_id = int(block["raw_id"].max())
+        return block
+
+
+def in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_values)`` by binary search: ``np.isin`` hashes its second argument again
+    at every call (0.2 s of the marker's 0.4 s per batch)."""
+    if not len(sorted_values):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[at] == values
+
+
+def with_row_hashes(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``row_hash``, for ``DuplicateMarker``: a 64-bit hash of the row's ``property_id`` (itself
+    a hash of street, zip, city and state) and price. Rows that repeat each other exactly share it; so
+    do a property's listings at one price, which the marker then compares in full. Two columns a clean
+    row always has, never NaN (whose bits a hash would compare), and 12 ms a batch, not 0.24 s for all
+    twelve columns."""
+    return df.assign(row_hash=pd.util.hash_pandas_object(df[["property_id", "price"]], index=False).to_numpy())
 
 
 def split_key(property_id: pd.Series | np.ndarray, buckets: int = 100) -> np.ndarray:

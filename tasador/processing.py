@@ -2,23 +2,27 @@
 
 Ray Data reads the batch from the raw database in parallel shards (``raw_id`` ranges, each a read task
 that fetches Arrow through ADBC: ``arrow_ranges``) and cleans each block in ``map_batches``; the driver
-marks exact duplicates (they may sit in different shards) and writes clean rows, rejects and the
-processed-batch ledger with COPY in one transaction, after checking clean + rejected = raw. Processing a
-batch twice is a no-op.
+takes the blocks in ``raw_id`` order as they finish, marks exact duplicates (they may sit in different
+blocks: ``DuplicateMarker``) and writes each block's clean rows and rejects with COPY while the next are
+cleaned, all in one transaction that ends with the processed-batch ledger row, after checking clean +
+rejected = raw. Processing a batch twice is a no-op.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 from psycopg2 import sql
 
 from tasador import db, faults, locks
-from tasador.cleaning import CLEAN_COLUMNS, clean_table, mark_duplicates
+from tasador.cleaning import CLEAN_COLUMNS, DuplicateMarker, clean_table
 from tasador.schema import COLUMNS
 from tasador.settings import Settings
 
@@ -99,36 +103,42 @@ def _read_arrow(url: str, query: str) -> list:
     return [db.read_arrow(url, query)]
 
 
-def clean_with_ray(settings: Settings, batch_id: int) -> pd.DataFrame:
+def read_shards(settings: Settings) -> int:
+    """How many ``raw_id`` ranges a batch is read in: two per CPU of the cluster (at least 4), so that a
+    shard's database fetch and its cleaning overlap with another's, and the last block's write is short."""
+    import ray
+
+    return settings.process_read_shards or max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
+
+
+def cleaned_blocks(settings: Settings, batch_id: int) -> Iterator[pd.DataFrame]:
+    """The batch's rows typed and judged by ``clean_table`` in Ray Data tasks (duplicates not marked yet),
+    block by block in ``raw_id`` order as they finish: the caller writes one while the next are cleaned."""
     import ray
 
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)  # inside a Ray job: the job's cluster
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    # two shards per CPU: a shard's database fetch and its cleaning then overlap with another's
-    shards = settings.process_read_shards or max(4, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    queries = raw_id_ranges(settings, batch_id, shards)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = True  # DuplicateMarker needs the blocks in raw_id order
+    queries = raw_id_ranges(settings, batch_id, read_shards(settings))
     if not queries:
-        return pd.DataFrame(columns=[*CLEAN_COLUMNS, "reason"])
+        return
     ds = ray.data.read_datasource(arrow_ranges(settings.raw_db, queries), override_num_blocks=len(queries))
     ds = ds.map_batches(clean_table, batch_format="pyarrow", batch_size=None,
                         fn_kwargs={"price_min": settings.clean_price_min, "price_max": settings.clean_price_max,
                                    "today": dt.date.today()})
-    frames = list(ds.iter_batches(batch_format="pandas", batch_size=None))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*CLEAN_COLUMNS, "reason"])
+    yield from ds.iter_batches(batch_format="pandas", batch_size=None)
 
 
 def process_batch(settings: Settings, batch: dict) -> dict:
+    """Clean one raw batch into clean listings and rejects, in one transaction with its ledger row. The
+    blocks are written as they come (COPY in the server overlaps the cleaning of the next blocks); the
+    accounting is checked before the ledger row, and a failure rolls every block back."""
     batch_id = batch["batch_id"]
     started = time.perf_counter()
-    df = clean_with_ray(settings, batch_id)
-    cleaned = time.perf_counter()
-    df = mark_duplicates(df)
-    clean = df[df["reason"].isna()]
-    rejected = df[df["reason"].notna()]
-    if len(clean) + len(rejected) != batch["rows"] or df["raw_id"].nunique() != batch["rows"]:
-        raise AccountingError(f"batch {batch_id}: raw ledger says {batch['rows']} rows, read {len(df)} "
-                              f"({df['raw_id'].nunique()} distinct): clean {len(clean)} + rejected {len(rejected)}")
+    duplicates = DuplicateMarker()
+    raw_ids, clean_rows, rejected_rows, reasons, writing = [], 0, 0, collections.Counter(), 0.0
     with db.transaction(settings.clean_db) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (batch_id,))
         # The raw batch stays the source of truth and the ledger row commits with the rows, so a crash
@@ -137,18 +147,28 @@ def process_batch(settings: Settings, batch: dict) -> dict:
         cur.execute("SELECT clean_rows, rejected_rows FROM processed_batches WHERE batch_id = %s", (batch_id,))
         if cur.fetchone():
             return {**batch, "status": "already_processed"}
-        db.copy_frame(cur, "listings", clean[list(CLEAN_COLUMNS)])
-        db.copy_frame(cur, "rejects", rejected[["raw_id", "batch_id", "reason"]])
+        for block in cleaned_blocks(settings, batch_id):
+            block = duplicates.mark(block)
+            clean = block[block["reason"].isna()]
+            rejected = block[block["reason"].notna()]
+            write_started = time.perf_counter()
+            db.copy_frame(cur, "listings", clean[list(CLEAN_COLUMNS)])
+            db.copy_frame(cur, "rejects", rejected[["raw_id", "batch_id", "reason"]])
+            writing += time.perf_counter() - write_started
+            raw_ids.append(block["raw_id"].to_numpy())
+            clean_rows, rejected_rows = clean_rows + len(clean), rejected_rows + len(rejected)
+            reasons.update(rejected["reason"].astype(str).str.split(" ").str[0])  # by the field at fault
+        distinct = len(np.unique(np.concatenate(raw_ids))) if raw_ids else 0
+        if clean_rows + rejected_rows != batch["rows"] or distinct != batch["rows"]:
+            raise AccountingError(f"batch {batch_id}: raw ledger says {batch['rows']} rows, read "
+                                  f"{clean_rows + rejected_rows} ({distinct} distinct): clean {clean_rows} + "
+                                  f"rejected {rejected_rows}")
         faults.point("process.after_copy", settings)
         cur.execute("INSERT INTO processed_batches (batch_id, group_number, day, batch_number, raw_rows,"
                     " clean_rows, rejected_rows) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     (batch_id, batch["group_number"], batch["day"], batch["batch_number"], batch["rows"],
-                     len(clean), len(rejected)))
-
-    written = time.perf_counter()
-    reasons = rejected["reason"].astype(str).str.split(" ").str[0].value_counts()  # by the field at fault
-    log.info("batch %s: %d clean, %d rejected", batch_id, len(clean), len(rejected))
-    return {**batch, "status": "processed", "raw_rows": batch["rows"], "clean_rows": len(clean),
-            "rejected_rows": len(rejected), "reject_reasons": reasons.head(10).to_dict(),
-            "seconds": {"read_and_clean": round(cleaned - started, 3), "total": round(written - started, 3)}}
-
+                     clean_rows, rejected_rows))
+    log.info("batch %s: %d clean, %d rejected", batch_id, clean_rows, rejected_rows)
+    return {**batch, "status": "processed", "raw_rows": batch["rows"], "clean_rows": clean_rows,
+            "rejected_rows": rejected_rows, "reject_reasons": dict(reasons.most_common(10)),
+            "seconds": {"total": round(time.perf_counter() - started, 3), "writing": round(writing, 3)}}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tasador.cleaning import clean_frame, mark_duplicates, split_key
+from tasador.cleaning import DuplicateMarker, clean_frame, clean_table, mark_duplicates, split_key
 from tasador.schema import COLUMNS
 from tests.conftest import SAMPLES, needs_samples
 
@@ -75,6 +78,47 @@ def test_exact_duplicates_after_typing_keep_the_first():
     rows = [GOOD, {**GOOD, "brokered_by": "103378", "price": "105000"}, {**GOOD, "price": "99000"}]
     out = mark_duplicates(clean_frame(raw_frame(rows), 10_000, 1e8, TODAY))
     assert list(out["reason"].fillna("")) == ["", "exact duplicate of raw row 1", ""]
+
+
+# listings that often repeat one another, before or after typing ("103378.0" and "103378"), missing
+# values included, with a bad row now and then
+VARIANTS = st.fixed_dictionaries({
+    "brokered_by": st.sampled_from(["103378.0", "103378", None, "5"]),
+    "price": st.sampled_from(["105000.0", "105000", "99000", "0"]),
+    "bed": st.sampled_from(["3", None, "-1"]),
+    "zip_code": st.sampled_from(["601", "00601", None]),
+    "prev_sold_date": st.sampled_from(["2/28/2020", "2020-02-28", None]),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(VARIANTS, min_size=1, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=5))
+def test_duplicates_marked_block_by_block_match_the_whole_batch(rows, cuts):
+    """Processing writes each block as it comes: the reasons must be the ones the whole batch gets,
+    wherever the blocks are cut (the first of a pair in an earlier block, in the same one, or both later)."""
+    import pyarrow as pa
+
+    raw = raw_frame([{**GOOD, **r} for r in rows])
+    whole = mark_duplicates(clean_frame(raw, 10_000, 1e8, TODAY))
+    table = pa.Table.from_pandas(raw.astype({c: "string" for c in COLUMNS}), preserve_index=False)
+    bounds = sorted({0, len(raw), *(c for c in cuts if c < len(raw))})
+    marker = DuplicateMarker()
+    blocks = [marker.mark(clean_table(table.slice(a, b - a), 10_000, 1e8, TODAY))
+              for a, b in itertools.pairwise(bounds)]
+    streamed = pd.concat(blocks, ignore_index=True).sort_values("raw_id", ignore_index=True)
+    assert streamed["reason"].fillna("").tolist() == whole["reason"].fillna("").tolist()
+    assert streamed["raw_id"].tolist() == whole["raw_id"].tolist()
+
+
+def test_a_block_before_an_earlier_one_is_refused():
+    """The marker keeps the first of a pair: a block that goes back in raw_id order would mark the wrong one."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(raw_frame([GOOD, GOOD]).astype({c: "string" for c in COLUMNS}), preserve_index=False)
+    marker = DuplicateMarker()
+    marker.mark(clean_table(table.slice(1, 1), 10_000, 1e8, TODAY))
+    with pytest.raises(ValueError, match="out of raw_id order"):
+        marker.mark(clean_table(table.slice(0, 1), 10_000, 1e8, TODAY))
 
 
 def test_relisted_property_shares_its_id_and_split_bucket():

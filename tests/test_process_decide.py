@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from data_api.plan import PLAN, batch_order
-from tasador import decisions, ray_jobs
+from tasador import db, decisions, processing, ray_jobs
+from tasador.cleaning import clean_table, mark_duplicates
 from tasador.registry import Production
+from tasador.schema import COLUMNS
 from tests.conftest import module_data
 
 settings = module_data()  # this module's own databases, model and experiment
+READ_SHARDS = 16  # blocks of a few hundred rows at the test scale: exact duplicates fall in different blocks
 
 
 def run(settings, job, group, day="Monday"):
@@ -23,11 +27,19 @@ def run(settings, job, group, day="Monday"):
 def six_batches(settings):
     """Group 77/Monday: every batch ingested (a job per batch), then processed by one job, oldest batch
     first, each in a transaction of its own as the pipeline's per-batch jobs do (one process job instead
-    of six saves a CI run about a minute of Ray job start-up)."""
+    of six saves a CI run about a minute of Ray job start-up). Each batch's last raw row is made a copy
+    of its first, as an API that sends a listing twice would: an exact duplicate blocks apart."""
     group = 77
     for _ in PLAN:
         run(settings, "jobs.ingest", group)
-    processed = run(settings, "jobs.process", group)["batches"]
+    with psycopg2.connect(settings.raw_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT batch_id, min(raw_id), max(raw_id) FROM listings WHERE batch_id IN"
+                    " (SELECT batch_id FROM batches WHERE group_number = %s) GROUP BY batch_id", (group,))
+        copy_first_row = sql.SQL("UPDATE listings SET ({columns}) = (SELECT {columns} FROM listings WHERE raw_id = %s)"
+                                 " WHERE raw_id = %s").format(columns=db.identifiers(COLUMNS))
+        for _, first, last in cur.fetchall():
+            cur.execute(copy_first_row, (first, last))
+    processed = run(settings.replace(process_read_shards=READ_SHARDS), "jobs.process", group)["batches"]
     assert [b["batch_number"] for b in processed] == list(range(1, len(PLAN) + 1))
     return group, processed
 
@@ -53,6 +65,28 @@ def test_every_batch_accounts_clean_plus_rejected_equals_raw(settings, six_batch
             assert clean + rejected == raw_rows == ledger == b["raw_rows"]
             assert clean == b["clean_rows"] and rejected == b["rejected_rows"]
     raw.close()
+
+
+def test_every_row_gets_the_reason_the_whole_batch_gives_it(settings, six_batches):
+    """Processing writes each block as Ray Data finishes it, so an exact duplicate may be judged in a
+    later block than the row it repeats: every batch's rejects must be exactly those of the cleaning
+    rules over the batch's raw rows in one frame, and some pair must lie in different read shards, or
+    this would not test it."""
+    _, processed = six_batches
+    pairs_across_blocks = 0
+    with clean_conn(settings).cursor() as cur:
+        for b in processed:
+            query = processing.raw_batch_query(b["batch_id"]).as_string(cur)
+            whole = mark_duplicates(clean_table(db.read_arrow(settings.raw_db, query), settings.clean_price_min,
+                                                settings.clean_price_max))
+            expected = whole[whole["reason"].notna()]
+            cur.execute("SELECT raw_id, reason FROM rejects WHERE batch_id = %s ORDER BY raw_id", (b["batch_id"],))
+            assert cur.fetchall() == list(zip(expected["raw_id"], expected["reason"], strict=True))
+            first = expected["reason"].str.extract(r"exact duplicate of raw row (\d+)")[0].dropna().astype(int)
+            low, step = whole["raw_id"].min(), (whole["raw_id"].max() - whole["raw_id"].min()) // READ_SHARDS + 1
+            later = expected.loc[first.index, "raw_id"]
+            pairs_across_blocks += int(((later - low) // step != (first - low) // step).sum())
+    assert pairs_across_blocks >= len(processed)  # the fixture's first-and-last pairs, at least
 
 
 def test_processing_again_is_a_no_op(settings, six_batches):
