@@ -147,12 +147,25 @@ def _number(text: pd.Series) -> pd.Series:
     return pd.Series(values.to_numpy(zero_copy_only=False), index=text.index, dtype="float64")
 
 
-def clean_table(table: pa.Table, price_min: float, price_max: float, today: dt.date | None = None) -> pd.DataFrame:
+# a cleaned block as Arrow, the same for every block whatever its values (an all-missing column would
+# otherwise become Arrow's null type in one block and not in the next)
+CLEAN_BLOCK_SCHEMA = pa.schema([
+    ("raw_id", pa.int64()), ("batch_id", pa.int64()), ("property_id", pa.int64()), ("brokered_by", pa.int64()),
+    ("status", pa.string()), ("price", pa.float64()), ("bed", pa.float64()), ("bath", pa.float64()),
+    ("acre_lot", pa.float64()), ("street", pa.int64()), ("city", pa.string()), ("state", pa.string()),
+    ("zip_code", pa.string()), ("house_size", pa.float64()), ("prev_sold_date", pa.date32()),
+    ("reason", pa.string()), ("row_hash", pa.uint64()),
+])
+ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}.get
+
+
+def clean_table(table: pa.Table, price_min: float, price_max: float, today: dt.date | None = None) -> pa.Table:
     """``clean_frame`` for an Arrow block (Ray Data's format), strings kept in Arrow, with each row's
-    ``row_hash`` (``with_row_hashes``: hashed in the Ray task, off the driver)."""
-    return with_row_hashes(clean_frame(table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
-                                                     pa.large_string(): pd.StringDtype("pyarrow")}.get),
-                       price_min, price_max, today))
+    ``row_hash`` (``with_row_hashes``), returned as Arrow (``CLEAN_BLOCK_SCHEMA``): the hashing and the
+    conversion run in the Ray task, and the driver gets the block without a copy or a pickled object
+    per string (a pandas block came to it pickled and went back to Arrow for the COPY)."""
+    frame = with_row_hashes(clean_frame(table.to_pandas(types_mapper=ARROW_STRINGS), price_min, price_max, today))
+    return pa.Table.from_pandas(frame, schema=CLEAN_BLOCK_SCHEMA, preserve_index=False)
 
 
 def property_ids(df: pd.DataFrame) -> pd.Series:
@@ -190,30 +203,34 @@ class DuplicateMarker:
 
     def __init__(self) -> None:
         self.hashes = np.empty(0, dtype=np.uint64)  # every clean row's hash so far, sorted
-        self.blocks: list[pd.DataFrame] = []  # every earlier block's clean rows (kept for the exact check)
+        self.blocks: list[pa.Table] = []  # every earlier block's clean rows (kept for the exact check)
         self.last_raw_id: int | None = None
 
-    def mark(self, block: pd.DataFrame) -> pd.DataFrame:
-        block = block.reset_index(drop=True)
-        if not len(block):
+    def mark(self, block: pa.Table) -> pa.Table:
+        """``block`` (``clean_table``'s) with ``reason`` set on the rows that repeat an earlier clean row."""
+        if not block.num_rows:
             return block
-        if self.last_raw_id is not None and block["raw_id"].min() <= self.last_raw_id:
-            raise ValueError(f"blocks out of raw_id order: raw_id {block['raw_id'].min()} after {self.last_raw_id}")
-        hashes = block["row_hash"].to_numpy(dtype=np.uint64)
-        clean = block["reason"].isna().to_numpy()
-        candidate = np.zeros(len(block), dtype=bool)
+        raw_ids = block["raw_id"].to_numpy()
+        if self.last_raw_id is not None and raw_ids.min() <= self.last_raw_id:
+            raise ValueError(f"blocks out of raw_id order: raw_id {raw_ids.min()} after {self.last_raw_id}")
+        hashes = block["row_hash"].to_numpy()
+        clean = block["reason"].is_null().to_numpy(zero_copy_only=False)
+        candidate = np.zeros(block.num_rows, dtype=bool)
         candidate[clean] = (in_sorted(hashes[clean], self.hashes)
                             | pd.Series(hashes[clean]).duplicated(keep=False).to_numpy())
         if candidate.any():
             wanted = np.sort(hashes[candidate])
-            earlier = [rows[in_sorted(rows["row_hash"].to_numpy(dtype=np.uint64), wanted)] for rows in self.blocks]
-            judged = mark_duplicates(pd.concat([*(rows for rows in earlier if len(rows)), block[candidate]],
-                                               ignore_index=True)).set_index("raw_id")["reason"]
-            block.loc[candidate, "reason"] = judged.loc[block.loc[candidate, "raw_id"]].to_numpy()
-            clean = block["reason"].isna().to_numpy()
-        self.blocks.append(block[clean])
+            earlier = [rows.filter(in_sorted(rows["row_hash"].to_numpy(), wanted)) for rows in self.blocks]
+            compared = pa.concat_tables([*(rows for rows in earlier if rows.num_rows), block.filter(candidate)])
+            judged = mark_duplicates(compared.to_pandas(types_mapper=ARROW_STRINGS)).set_index("raw_id")["reason"]
+            reasons = block["reason"].to_pandas()
+            reasons[candidate] = judged.loc[raw_ids[candidate]].astype(object).to_numpy()
+            block = block.set_column(block.schema.get_field_index("reason"), "reason",
+                                     pa.array(reasons.where(reasons.notna(), None), type=pa.string()))
+            clean = block["reason"].is_null().to_numpy(zero_copy_only=False)
+        self.blocks.append(block.filter(clean))
         self.hashes = np.sort(np.concatenate([self.hashes, hashes[clean]]))
-        self.last_raw_id = int(block["raw_id"].max())
+        self.last_raw_id = int(raw_ids.max())
         return block
 
 

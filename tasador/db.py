@@ -241,19 +241,19 @@ def copy_in(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -
 
 
 def copy_frame(cur, table: str, df) -> int:
-    """COPY a pandas DataFrame (its columns are the table's) into ``table``, rendered by Arrow's
-    CSV writer: missing values are written unquoted-empty (NULL), strings always quoted."""
+    """COPY a pandas DataFrame or an Arrow table (its columns are the table's) into ``table``, rendered
+    by Arrow's CSV writer: missing values are written unquoted-empty (NULL), strings always quoted."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
+    rows = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
     buf = io.BytesIO()
-    pa_csv.write_csv(pa.Table.from_pandas(df, preserve_index=False), buf,
-                     pa_csv.WriteOptions(include_header=False))
+    pa_csv.write_csv(rows, buf, pa_csv.WriteOptions(include_header=False))
     buf.seek(0)
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(sql.Identifier(table),
-                                                                         identifiers(df.columns))
+                                                                         identifiers(rows.column_names))
     cur.copy_expert(statement.as_string(cur), buf)
-    return len(df)
+    return rows.num_rows
 
 
 def copy_out_csv(cur, query: sql.Composable) -> str:

@@ -105,7 +105,7 @@ def test_duplicates_marked_block_by_block_match_the_whole_batch(rows, cuts):
     marker = DuplicateMarker()
     blocks = [marker.mark(clean_table(table.slice(a, b - a), 10_000, 1e8, TODAY))
               for a, b in itertools.pairwise(bounds)]
-    streamed = pd.concat(blocks, ignore_index=True).sort_values("raw_id", ignore_index=True)
+    streamed = pa.concat_tables(blocks).to_pandas().sort_values("raw_id", ignore_index=True)
     assert streamed["reason"].fillna("").tolist() == whole["reason"].fillna("").tolist()
     assert streamed["raw_id"].tolist() == whole["raw_id"].tolist()
 

@@ -8,7 +8,7 @@ from psycopg2 import sql
 
 from data_api.plan import PLAN, batch_order
 from tasador import db, decisions, processing, ray_jobs
-from tasador.cleaning import clean_table, mark_duplicates
+from tasador.cleaning import ARROW_STRINGS, clean_table, mark_duplicates
 from tasador.registry import Production
 from tasador.schema import COLUMNS
 from tests.conftest import module_data
@@ -78,7 +78,7 @@ def test_every_row_gets_the_reason_the_whole_batch_gives_it(settings, six_batche
         for b in processed:
             query = processing.raw_batch_query(b["batch_id"]).as_string(cur)
             whole = mark_duplicates(clean_table(db.read_arrow(settings.raw_db, query), settings.clean_price_min,
-                                                settings.clean_price_max))
+                                                settings.clean_price_max).to_pandas(types_mapper=ARROW_STRINGS))
             expected = whole[whole["reason"].notna()]
             cur.execute("SELECT raw_id, reason FROM rejects WHERE batch_id = %s ORDER BY raw_id", (b["batch_id"],))
             assert cur.fetchall() == list(zip(expected["raw_id"], expected["reason"], strict=True))
