@@ -148,14 +148,13 @@ def _number(text: pd.Series) -> pd.Series:
 
 
 # a cleaned block as Arrow, the same for every block whatever its values (an all-missing column would
-# otherwise become Arrow's null type in one block and not in the next)
-CLEAN_BLOCK_SCHEMA = pa.schema([
-    ("raw_id", pa.int64()), ("batch_id", pa.int64()), ("property_id", pa.int64()), ("brokered_by", pa.int64()),
-    ("status", pa.string()), ("price", pa.float64()), ("bed", pa.float64()), ("bath", pa.float64()),
-    ("acre_lot", pa.float64()), ("street", pa.int64()), ("city", pa.string()), ("state", pa.string()),
-    ("zip_code", pa.string()), ("house_size", pa.float64()), ("prev_sold_date", pa.date32()),
-    ("reason", pa.string()), ("row_hash", pa.uint64()),
-])
+# otherwise become Arrow's null type in one block and not in the next); names and order from CLEAN_COLUMNS
+_BLOCK_TYPES = {"raw_id": pa.int64(), "batch_id": pa.int64(), "property_id": pa.int64(), "brokered_by": pa.int64(),
+                "status": pa.string(), "price": pa.float64(), "bed": pa.float64(), "bath": pa.float64(),
+                "acre_lot": pa.float64(), "street": pa.int64(), "city": pa.string(), "state": pa.string(),
+                "zip_code": pa.string(), "house_size": pa.float64(), "prev_sold_date": pa.date32(),
+                "reason": pa.string(), "row_hash": pa.uint64()}
+CLEAN_BLOCK_SCHEMA = pa.schema([(name, _BLOCK_TYPES[name]) for name in (*CLEAN_COLUMNS, "reason", "row_hash")])
 ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}.get
 
 
