@@ -93,7 +93,7 @@ def trained_model(settings) -> str:
     ds = training.load_dataset(settings)
     features, arrays = training.prepare(ds)
     config = {"family": "xgboost", **SEARCH_SPACE["xgboost"][0]}
-    *_, (_, booster) = fit_steps(config, arrays["X_train"], arrays["y_train"], threads=os.cpu_count())
+    *_, (_, booster, _) = fit_steps(config, arrays["X_train"], arrays["y_train"], threads=os.cpu_count())
     version = register(settings, PriceModel(features, booster, "xgboost"), ds)
     registry.mlflow_client(settings).set_registered_model_alias(settings.model_name, PRODUCTION, version)
     return version, ds

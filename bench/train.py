@@ -53,7 +53,7 @@ def sequential_loop(arrays: dict, out: mp.Queue) -> None:
     best = None
     for config in trials():
         model = None
-        for _, model in fit_steps(dict(config), arrays["X_train"], arrays["y_train"], threads=os.cpu_count()):  # noqa: B007
+        for _, model, _ in fit_steps(dict(config), arrays["X_train"], arrays["y_train"], threads=os.cpu_count()):  # noqa: B007
             pass  # every trial to the end
         val = price_metrics(arrays["y_validation"], model.predict(arrays["X_validation"]))
         if best is None or val["rmse_log"] < best[1]["rmse_log"]:

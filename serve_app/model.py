@@ -33,6 +33,7 @@ from ray import serve
 from serve_app import metrics
 from serve_app.priority import serve_at
 from tasador import compiled
+from tasador.models import SERVING_THREADS, set_threads
 from tasador.registry import mlflow_client, production_version, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
@@ -147,6 +148,7 @@ class RegistryLoader:
         mv = self.client.get_model_version(name, version)
         with tracking_server(self.settings):  # a models:/ URI resolves through the tracking server
             model = mlflow.sklearn.load_model(self._local_copy(mv))
+        set_threads(model.regressor, SERVING_THREADS)  # whatever the version was pickled with
         compiled_ = compiled.attach_at_load(model) if self.small_requests else {
             "compiled": False, "why": "this deployment prices large requests only: XGBoost"}
         tags = mv.tags

@@ -20,7 +20,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from tasador import db, faults, locks
-from tasador.models import price_metrics
+from tasador.models import cpus_here, price_metrics, threads_for_batch_work
 from tasador.registry import PRODUCTION, mlflow_client, production, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
@@ -34,6 +34,13 @@ def load_model(settings: Settings, version: str):
 
     with tracking_server(settings):
         return mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
+
+
+def predict_log(model, X) -> np.ndarray:
+    """A version's log prices for the held-out rows, on every core of this node (a version is pickled
+    with serving's one thread)."""
+    with threads_for_batch_work(model.regressor, cpus_here()):
+        return model.predict_log(X)
 
 
 def verdict(challenger: str, production: str | None, new_rmse: float, old_rmse: float | None, margin: float,
@@ -59,9 +66,9 @@ def judge(settings: Settings, challenger: str) -> dict:
     held_out = ds.frame[ds.test]
     y_log = np.log(held_out["price"].to_numpy(dtype=float))
     X = held_out[list(FEATURES)]
-    scores = {"challenger": price_metrics(y_log, load_model(settings, challenger).predict_log(X))}
+    scores = {"challenger": price_metrics(y_log, predict_log(load_model(settings, challenger), X))}
     if current is not None:
-        scores["production"] = price_metrics(y_log, load_model(settings, current.version).predict_log(X))
+        scores["production"] = price_metrics(y_log, predict_log(load_model(settings, current.version), X))
     promoted, reason = verdict(challenger, current.version if current else None, scores["challenger"]["rmse"],
                                scores.get("production", {}).get("rmse"), settings.promotion_margin, len(held_out))
     return {"verdict": "promoted" if promoted else "rejected", "reason": reason, "scores": scores,

@@ -59,7 +59,7 @@ def served():
     y = np.log(train["price"].to_numpy(dtype=float))
     features = ListingFeatures()
     X = features.fit_transform(train[list(FEATURES)], y)
-    *_, (_, regressor) = fit_steps(XGBOOST, X.astype(np.float32), y, threads=2)
+    *_, (_, regressor, _) = fit_steps(XGBOOST, X.astype(np.float32), y, threads=2)
     model = PriceModel(features, regressor, "xgboost")
     loader = FixedVersions({"1": model}, "1")
     production = ProductionModel(Settings(serve_poll_s=3600), lambda _settings: loader)
