@@ -91,10 +91,11 @@ def cpus_here() -> int:
 
 
 @contextmanager
-def threads_for_batch_work(regressor, threads: int):
-    """``threads`` for a batch job's pricing of many rows (a training's test rows and SHAP sample,
-    promotion's held-out rows), back to ``SERVING_THREADS`` after: the version is pickled and served so."""
-    set_threads(regressor, threads)
+def threads_for_batch_work(regressor, threads: int | None = None):
+    """``threads`` (default: every core of this process, ``cpus_here``) for a batch job's pricing of many
+    rows (a training's test rows and SHAP sample, promotion's held-out rows), back to ``SERVING_THREADS``
+    after: the version is pickled and served so."""
+    set_threads(regressor, threads or cpus_here())
     try:
         yield regressor
     finally:

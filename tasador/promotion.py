@@ -20,7 +20,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from tasador import db, faults, locks
-from tasador.models import cpus_here, price_metrics, threads_for_batch_work
+from tasador.models import price_metrics, threads_for_batch_work
 from tasador.registry import PRODUCTION, mlflow_client, production, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
@@ -39,7 +39,7 @@ def load_model(settings: Settings, version: str):
 def predict_log(model, X) -> np.ndarray:
     """A version's log prices for the held-out rows, on every core of this node (a version is pickled
     with serving's one thread)."""
-    with threads_for_batch_work(model.regressor, cpus_here()):
+    with threads_for_batch_work(model.regressor):
         return model.predict_log(X)
 
 

@@ -26,7 +26,7 @@ from psycopg2 import sql
 from tasador import compiled, db, faults, ray_jobs
 from tasador.cleaning import SPLIT_KEY_SQL, split_key
 from tasador.features import ListingFeatures, PriceModel
-from tasador.models import STEPS, cpus_here, price_metrics, threads_for_batch_work, trials
+from tasador.models import STEPS, price_metrics, threads_for_batch_work, trials
 from tasador.registry import mlflow_client, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
@@ -230,7 +230,7 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
                                                  "mlflow_run_id": c.mlflow_run_id})
         model = PriceModel(features, best.load(), best.family)
         test_frame = ds.frame[ds.test]
-        with threads_for_batch_work(model.regressor, cpus_here()):
+        with threads_for_batch_work(model.regressor):
             test = price_metrics(np.log(test_frame["price"].to_numpy(dtype=float)),
                                  model.predict_log(test_frame[list(FEATURES)]))
         mlflow.log_metrics({f"best_{best.family}_{k}": v for k, v in test.items()})
@@ -278,7 +278,7 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
     example = ds.frame[ds.test][list(FEATURES)].head(5)
     held_out = ds.frame[ds.test][list(FEATURES)]
     sample = held_out.sample(n=min(IMPORTANCE_ROWS, len(held_out)), random_state=0)
-    with threads_for_batch_work(model.regressor, cpus_here()):  # exact TreeSHAP: 18 s on one thread, 9 on two
+    with threads_for_batch_work(model.regressor):  # exact TreeSHAP: 18 s on one thread, 9 on two
         importance = explain.global_importance(model, sample)
         serving_check = compiled.check_at_registration(model, ds.frame[ds.test][list(FEATURES)])  # before pickling
     tags = {**lineage, "family": model.family, "params": json.dumps(params), "metrics": json.dumps(test),

@@ -44,7 +44,9 @@ class NodeCores:
 
     def _times(self) -> tuple[float, float, float]:
         machine, mine = psutil.cpu_times(), self.me.cpu_times()
-        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        # Linux counts guest time inside user time as well: not added twice
+        not_busy = ("idle", "iowait", "guest", "guest_nice")
+        busy = sum(machine) - sum(getattr(machine, name, 0.0) for name in not_busy)
         return time.monotonic(), busy, mine.user + mine.system
 
     def __call__(self) -> int:
