@@ -68,6 +68,7 @@ def measure(s: Settings, scale: float) -> dict:
         demo.through_airflow(s)
     steps = timeline(s)
     print_timeline(steps)
+    print_job_phases(s)
     last_train = [x for x in steps if x["task"] == "train" and x["state"] == "success"][-1]
     print(f"where the cores went during the last training ({last_train['run']}, {last_train['seconds']:.0f} s):")
     for label, cores in cpu.busiest(last_train["start"], last_train["end"]):
@@ -117,6 +118,16 @@ def print_timeline(steps: list[dict]) -> None:
         mine = [x for x in steps if x["run"] == run]
         parts = "  ".join(f"{x['task']} {x['seconds']:.1f}s (+{x['gap_s']:.1f})" for x in mine)
         print(f"{run}: {sum(x['seconds'] + x['gap_s'] for x in mine):.1f}s  {parts}", flush=True)
+
+
+def print_job_phases(s: Settings) -> None:
+    """Where each training's and promotion's time went: the phases their Ray jobs' results carry."""
+    api = ray_jobs.JobsApi(s)
+    for job in sorted(api.list(), key=lambda j: j.get("start_time") or 0):
+        if any(f"jobs.{step}" in job.get("entrypoint", "") for step in ("train", "promote")):
+            summary = ray_jobs.last_json(api.logs(job["submission_id"]))
+            phases = "  ".join(f"{k} {v:.1f}s" for k, v in (summary.get("phases_s") or {}).items())
+            print(f"{job['submission_id']}: {summary.get('status')} {summary.get('version', '')}  {phases}", flush=True)
 
 
 class CpuSampler(Sampler):

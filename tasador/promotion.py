@@ -24,7 +24,7 @@ from tasador.models import price_metrics, threads_for_batch_work
 from tasador.registry import PRODUCTION, mlflow_client, production, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
-from tasador.training import load_dataset
+from tasador.training import Phases, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,31 @@ def judge(settings: Settings, challenger: str) -> dict:
     if current and current.version == challenger:
         return {"verdict": "promoted", "previous_production": challenger, "scores": {},
                 "reason": f"v{challenger} already holds the {PRODUCTION} alias"}
-    ds = load_dataset(settings, held_out_only=True)
+    phase = Phases()
+    with phase("load_rows"):
+        ds = load_dataset(settings, held_out_only=True)
     held_out = ds.frame[ds.test]
     y_log = np.log(held_out["price"].to_numpy(dtype=float))
     X = held_out[list(FEATURES)]
-    scores = {"challenger": price_metrics(y_log, predict_log(load_model(settings, challenger), X))}
-    if current is not None:
-        scores["production"] = price_metrics(y_log, predict_log(load_model(settings, current.version), X))
+    versions = {"challenger": challenger, **({"production": current.version} if current is not None else {})}
+    scores = {}
+    for role, version in versions.items():
+        with phase(f"load_{role}"):
+            model = load_model(settings, version)
+        with phase(f"price_{role}"):
+            scores[role] = price_metrics(y_log, predict_log(model, X))
     promoted, reason = verdict(challenger, current.version if current else None, scores["challenger"]["rmse"],
                                scores.get("production", {}).get("rmse"), settings.promotion_margin, len(held_out))
     return {"verdict": "promoted" if promoted else "rejected", "reason": reason, "scores": scores,
-            "previous_production": current.version if current else None, "held_out_rows": len(held_out)}
+            "previous_production": current.version if current else None, "held_out_rows": len(held_out),
+            "phases_s": dict(phase)}
 
 
 def promote_training(settings: Settings, training_id: int) -> dict:
     """Judge (once) and apply the promotion of training ``training_id``'s version; idempotent."""
     with locks.writer_lock(settings, locks.model(settings.model_name), "promote"):
         row = _training(settings, training_id)
-        version = row["version"]
+        version, phases = row["version"], {}
         if row["verdict"] is None:
             judged = judge(settings, version)
             with db.transaction(settings.clean_db) as cur:
@@ -88,14 +95,14 @@ def promote_training(settings: Settings, training_id: int) -> dict:
                             (judged["verdict"], judged["reason"], Json(judged["scores"]),
                              judged["previous_production"], training_id))
             row = _training(settings, training_id)
-            resumed = False
+            resumed, phases = False, judged.get("phases_s", {})
         else:
             resumed = True  # a crashed run recorded the verdict: finish applying it
         _apply(settings, version, row, training_id)
-    log.info("v%s %s: %s", version, row["verdict"], row["promotion_reason"])
+    log.info("v%s %s: %s (judged in %s)", version, row["verdict"], row["promotion_reason"], phases)
     return {"job": "promote", "status": row["verdict"], "version": version, "training_id": training_id,
             "previous_production": row["previous_production"], "reason": row["promotion_reason"],
-            "scores": row["promotion_scores"], "resumed": resumed}
+            "scores": row["promotion_scores"], "resumed": resumed, "phases_s": phases}
 
 
 def promote(settings: Settings, version: str) -> dict:

@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,19 @@ from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Phases(dict):
+    """Seconds per named phase of a training, in the order they ran: the job's result (and the
+    trainings table's copy of it) carries them, so an operator sees where a slow training's time went."""
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - started, 2)
 
 
 @dataclass
@@ -115,8 +129,9 @@ def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experime
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     runs = MlflowTrialRuns(settings.mlflow_uri, experiment_id, parent_run_id)
+    fitting = {k: v for k, v in arrays.items() if not k.endswith("_test")}  # a trial never sees the test rows
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, arrays=arrays), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(run_trial, arrays=fitting), {"cpu": 1}),
         param_space={"spec": tune.grid_search(searched(settings, skip))},
         tune_config=tune.TuneConfig(metric="val_rmse_log", mode="min",
                                     scheduler=ASHAScheduler(max_t=STEPS, grace_period=1, reduction_factor=3),
@@ -194,12 +209,14 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
 
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
-    started = time.perf_counter()
-    ds = load_dataset(settings)
+    started, phase = time.perf_counter(), Phases()
+    with phase("load"):
+        ds = load_dataset(settings)
     if ds.train.sum() == 0 or ds.validation.sum() == 0 or ds.test.sum() == 0:
         raise ValueError(f"not enough clean rows to train on ({len(ds.frame)} in batches {ds.batch_ids}): "
                          "ingest and process a batch first")
-    features, arrays = prepare(ds)
+    with phase("prepare"):
+        features, arrays = prepare(ds)
     experiment_id = experiment(settings)
     lineage = {"batch_ids": json.dumps(ds.batch_ids), "rows": str(len(ds.frame)),
                "train_rows": str(int(ds.train.sum())),
@@ -214,11 +231,12 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
     skip = ("xgboost",) if settings.xgb_distributed and "xgboost" in {c["family"] for c in searched(settings)} else ()
     with tracking_server(settings), mlflow.start_run(
             experiment_id=experiment_id, run_name=f"training-batch-{trigger['batch_id']}", tags=lineage) as parent:
-        results, run_ids = tune_families(settings, arrays, parent.info.run_id, experiment_id, name, skip=skip)
-        failed = [str(r.error)[:300] for r in results if r.error is not None]
-        candidates = [_from_tune(r, run_ids) for r in results if r.error is None and r.metrics]
-        if settings.xgb_distributed:
-            candidates += _distributed_xgboost(settings, arrays, parent.info.run_id, experiment_id, name)
+        with phase("tune"):
+            results, run_ids = tune_families(settings, arrays, parent.info.run_id, experiment_id, name, skip=skip)
+            failed = [str(r.error)[:300] for r in results if r.error is not None]
+            candidates = [_from_tune(r, run_ids) for r in results if r.error is None and r.metrics]
+            if settings.xgb_distributed:
+                candidates += _distributed_xgboost(settings, arrays, parent.info.run_id, experiment_id, name)
         finished = [c for c in candidates if c.finished]
         if not finished:
             raise RuntimeError(f"no trial finished; errors: {failed}")
@@ -228,20 +246,23 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
             family_summary.setdefault(c.family, {"val_rmse": c.val_rmse, "val_rmse_log": c.val_rmse_log,
                                                  "steps": c.steps, "finished": c.finished,
                                                  "mlflow_run_id": c.mlflow_run_id})
-        model = PriceModel(features, best.load(), best.family)
-        test_frame = ds.frame[ds.test]
-        with threads_for_batch_work(model.regressor):
-            test = price_metrics(np.log(test_frame["price"].to_numpy(dtype=float)),
-                                 model.predict_log(test_frame[list(FEATURES)]))
+        with phase("test_pricing"):
+            model = PriceModel(features, best.load(), best.family)
+            test_frame = ds.frame[ds.test]
+            with threads_for_batch_work(model.regressor):
+                test = price_metrics(np.log(test_frame["price"].to_numpy(dtype=float)),
+                                     model.predict_log(test_frame[list(FEATURES)]))
         mlflow.log_metrics({f"best_{best.family}_{k}": v for k, v in test.items()})
         mlflow.log_dict(family_summary, "families.json")
     faults.point("train.before_register", settings)
-    version = register(settings, model, best.mlflow_run_id, ds, test, best.params, lineage)
+    version = register(settings, model, best.mlflow_run_id, ds, test, best.params, lineage, phase)
+    seconds = round(time.perf_counter() - started, 1)
+    log.info("training v%s: %.1f s in all; phases %s", version, seconds, dict(phase))
     return {"version": version, "family": best.family, "test_metrics": test, "families": family_summary,
             "rows": len(ds.frame), "batch_ids": ds.batch_ids, "parent_run_id": parent.info.run_id,
             "trials": len(candidates) + len(failed), "trials_failed": failed,
             "trials_stopped_early": sum(1 for c in candidates if not c.finished),
-            "xgboost_distributed": settings.xgb_distributed, "seconds": round(time.perf_counter() - started, 1)}
+            "xgboost_distributed": settings.xgb_distributed, "seconds": seconds, "phases_s": dict(phase)}
 
 
 def experiment(settings: Settings) -> str:
@@ -260,6 +281,20 @@ def empty_run(settings: Settings, run_name: str) -> str:
         return run.info.run_id
 
 
+# What a version needs to be loaded, priced and explained, pinned to this environment's versions, by
+# distribution name. Declared rather than inferred: MLflow's inference imports the model in a subprocess
+# (4.7 s of every registration at full size, profiled), listed ``tasador`` itself (which comes with the
+# version's code, not from PyPI) and missed what a family loads lazily (XGBoost, Treelite, shap).
+MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "scikit-learn", "scipy", "threadpoolctl")
+FAMILY_REQUIREMENTS = {"xgboost": ("xgboost-cpu", "treelite"), "random_forest": ("shap",), "ridge": ()}
+
+
+def pip_requirements(family: str) -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in (*MODEL_REQUIREMENTS, *FAMILY_REQUIREMENTS[family])]
+
+
 # rows the version's global SHAP importance is the mean |SHAP| over: exact TreeSHAP of 600 depth-10 trees
 # costs about 0.1 s a row on this machine, so 2,000 rows took 210 s of every XGBoost training's
 # registration (most of what made in-stack training look 3.4x the benchmark; issue 18). 200 random
@@ -268,28 +303,32 @@ IMPORTANCE_ROWS = 200
 
 
 def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, test: dict, params: dict,
-             lineage: dict) -> str:
+             lineage: dict, phase: Phases | None = None) -> str:
     """Log the whole pipeline under the best trial's run and register it as a new version, tagged."""
     import mlflow
     from mlflow.models import infer_signature
 
     from tasador import explain
 
+    phase = phase if phase is not None else Phases()
     example = ds.frame[ds.test][list(FEATURES)].head(5)
     held_out = ds.frame[ds.test][list(FEATURES)]
     sample = held_out.sample(n=min(IMPORTANCE_ROWS, len(held_out)), random_state=0)
     with threads_for_batch_work(model.regressor):  # exact TreeSHAP: 18 s on one thread, 9 on two
-        importance = explain.global_importance(model, sample)
-        serving_check = compiled.check_at_registration(model, ds.frame[ds.test][list(FEATURES)])  # before pickling
+        with phase("shap"):
+            importance = explain.global_importance(model, sample)
+        with phase("serving_check"):
+            serving_check = compiled.check_at_registration(model, held_out)  # before pickling
     tags = {**lineage, "family": model.family, "params": json.dumps(params), "metrics": json.dumps(test),
             **{f"metric_{k}": f"{v:.6g}" for k, v in test.items()}, "shap_importance": json.dumps(importance),
             **serving_check}
-    with tracking_server(settings):
+    with tracking_server(settings), phase("log_and_register"):
         with mlflow.start_run(run_id=run_id):
             info = mlflow.sklearn.log_model(
                 model, name="model", input_example=example,
                 signature=infer_signature(example, model.predict(example)),
-                code_paths=[str(PACKAGE_DIR)], serialization_format="cloudpickle")
+                code_paths=[str(PACKAGE_DIR)], serialization_format="cloudpickle",
+                pip_requirements=pip_requirements(model.family))
             mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
             mlflow.log_dict(importance, "shap_importance.json")
         # the version and all its tags (the training_id among them) in one request: a version is never

@@ -75,6 +75,8 @@ def test_every_trial_is_an_mlflow_run_under_one_parent(settings, trained):
     best = client.get_run(client.get_model_version(settings.model_name, train["version"]).run_id)
     assert best.data.tags["mlflow.parentRunId"] == train["parent_run_id"]
     assert "test_rmse" in best.data.metrics and best.data.params["family"] == train["family"]
+    # the test rows judge only the chosen version: no other trial was priced on them
+    assert [r.info.run_id for r in children if "test_rmse" in r.data.metrics] == [best.info.run_id]
 
 
 def test_held_out_rows_never_share_a_property_with_training(settings, trained):
@@ -114,6 +116,14 @@ def test_registered_model_takes_the_raw_features_and_matches_its_metrics(setting
     assert np.all(np.isfinite(prices)) and np.all(prices > 1_000)
     same = model.predict(ds.frame[ds.test][list(FEATURES)].head(50))
     assert np.allclose(prices, same)
+    # its environment is declared, pinned, for its family (not inferred: tasador itself is not on PyPI)
+    with registry.tracking_server(settings):
+        import mlflow.pyfunc
+
+        listed = mlflow.pyfunc.get_model_dependencies(f"models:/{settings.model_name}/{train['version']}")
+    with open(listed) as f:
+        assert f.read().split() == training.pip_requirements(train["family"])
+    assert train["phases_s"]["tune"] > 0 and set(train["phases_s"]) >= {"load", "prepare", "shap", "log_and_register"}
 
 
 def test_a_worse_challenger_is_rejected_with_its_reason(settings, trained):
