@@ -37,8 +37,9 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class Phases(dict):
-    """Seconds per named phase of a training, in the order they ran: the job's result (and the
-    trainings table's copy of it) carries them, so an operator sees where a slow training's time went."""
+    """Seconds per named phase of a job (a training, a promotion's judgment), in the order they ran: the
+    job's result carries them (a training's row in ``trainings`` too), so an operator sees where a slow
+    job's time went."""
 
     @contextmanager
     def __call__(self, name: str):
