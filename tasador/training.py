@@ -107,14 +107,14 @@ def clean_frame_from_arrow(table) -> pd.DataFrame:
 
 
 def prepare(ds: Dataset) -> tuple[ListingFeatures, dict[str, np.ndarray]]:
-    """Fit the features on the training rows; the matrices every trial shares."""
+    """Fit the features on the training rows; the matrices every trial shares (training and validation
+    rows: the test rows judge only the chosen version, priced through the whole pipeline)."""
     X = ds.frame[list(FEATURES)]
     y = np.log(ds.frame["price"].to_numpy(dtype=float))
     features = ListingFeatures()
-    arrays = {"X_train": features.fit_transform(X[ds.train], y[ds.train]).astype(np.float32), "y_train": y[ds.train]}
-    for split, mask in (("validation", ds.validation), ("test", ds.test)):
-        arrays[f"X_{split}"] = features.transform(X[mask]).astype(np.float32)
-        arrays[f"y_{split}"] = y[mask]
+    arrays = {"X_train": features.fit_transform(X[ds.train], y[ds.train]).astype(np.float32), "y_train": y[ds.train],
+              "X_validation": features.transform(X[ds.validation]).astype(np.float32),
+              "y_validation": y[ds.validation]}
     return features, arrays
 
 
@@ -130,9 +130,8 @@ def tune_families(settings: Settings, arrays: dict, parent_run_id: str, experime
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     runs = MlflowTrialRuns(settings.mlflow_uri, experiment_id, parent_run_id)
-    fitting = {k: v for k, v in arrays.items() if not k.endswith("_test")}  # a trial never sees the test rows
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, arrays=fitting), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(run_trial, arrays=arrays), {"cpu": 1}),
         param_space={"spec": tune.grid_search(searched(settings, skip))},
         tune_config=tune.TuneConfig(metric="val_rmse_log", mode="min",
                                     scheduler=ASHAScheduler(max_t=STEPS, grace_period=1, reduction_factor=3),

@@ -12,6 +12,7 @@ import pytest
 from cluster import processes, ray_head
 from tasador import distributed_xgb, ray_jobs, training
 from tasador.models import price_metrics, trials
+from tasador.schema import FEATURES
 from tests.conftest import module_data
 
 settings = module_data()  # this module's own databases, model and experiment
@@ -42,7 +43,7 @@ def test_xgboost_trains_across_two_nodes(two_nodes, settings):
     for job in ("jobs.ingest", "jobs.process"):  # a batch of its own, through the session's cluster
         assert ray_jobs.run(settings, job, ["--group", str(group), "--day", day]).status == "SUCCEEDED"
     ds = training.load_dataset(settings)
-    _, arrays = training.prepare(ds)
+    features, arrays = training.prepare(ds)
     config = next(c for c in trials() if c["family"] == "xgboost" and c["max_depth"] == 6)
     config = {k: v for k, v in config.items() if k != "family"} | {"n_estimators": 120}
     import ray
@@ -61,6 +62,7 @@ def test_xgboost_trains_across_two_nodes(two_nodes, settings):
     single = price_metrics(arrays["y_validation"], np.full(len(arrays["y_validation"]), arrays["y_train"].mean()))
     assert val["rmse_log"] < 0.8 * single["rmse_log"], (val, single)  # it learned: far better than the mean
     assert model.booster.num_boosted_rounds() == 120  # the model returned is the one the workers built
-    test = price_metrics(arrays["y_test"], model.predict(arrays["X_test"]))  # rows no worker saw
-    assert test["rmse_log"] < 0.8 * price_metrics(arrays["y_test"], np.full(len(arrays["y_test"]),
-                                                                           arrays["y_train"].mean()))["rmse_log"]
+    X_test = features.transform(ds.frame[ds.test][list(FEATURES)]).astype(np.float32)  # rows no worker saw
+    y_test = np.log(ds.frame[ds.test]["price"].to_numpy(dtype=float))
+    test = price_metrics(y_test, model.predict(X_test))
+    assert test["rmse_log"] < 0.8 * price_metrics(y_test, np.full(len(y_test), arrays["y_train"].mean()))["rmse_log"]
