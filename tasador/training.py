@@ -296,10 +296,12 @@ def pip_requirements(family: str) -> list[str]:
 
 
 # rows the version's global SHAP importance is the mean |SHAP| over: exact TreeSHAP of 600 depth-10 trees
-# costs about 0.1 s a row on this machine, so 2,000 rows took 210 s of every XGBoost training's
-# registration (most of what made in-stack training look 3.4x the benchmark; issue 18). 200 random
-# held-out rows rank the features the same way for a tenth of that.
-IMPORTANCE_ROWS = 200
+# costs about 45 ms a row on two threads here. 2,000 rows took 210 s of every XGBoost training's
+# registration (most of what made in-stack training look 3.4x the benchmark; issue 18), 200 rows 9 s.
+# Measured against 1,000 rows on the full-scale v1 (2026-12-05, third session): samples of 50 rows ranked
+# the eleven features with Kendall's tau 0.96-1.00 (three seeds), 100 rows 0.96-1.00, 200 rows 0.96 (each
+# swapped only the near-tied status, state and prev_sold_date, 0.032-0.035 apart): 64 rows, 2.7 s.
+IMPORTANCE_ROWS = 64
 
 
 def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, test: dict, params: dict,
@@ -314,7 +316,7 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
     example = ds.frame[ds.test][list(FEATURES)].head(5)
     held_out = ds.frame[ds.test][list(FEATURES)]
     sample = held_out.sample(n=min(IMPORTANCE_ROWS, len(held_out)), random_state=0)
-    with threads_for_batch_work(model.regressor):  # exact TreeSHAP: 18 s on one thread, 9 on two
+    with threads_for_batch_work(model.regressor):  # exact TreeSHAP of 64 rows: 2.7 s on two threads
         with phase("shap"):
             importance = explain.global_importance(model, sample)
         with phase("serving_check"):

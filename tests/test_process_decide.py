@@ -134,3 +134,24 @@ def test_decisions_over_the_six_batches_make_sense(settings, six_batches):
         assert price["statistic"] < 0.2
     again = decisions.decide(settings, processed[4]["batch_id"], production)
     assert again["status"] == "already_decided"
+
+
+def test_drift_reads_every_clean_row_of_its_batches_as_numbers_and_text(settings, six_batches):
+    """drift.load (Arrow through ADBC) against PostgreSQL's own aggregates over the same rows."""
+    from tasador import drift
+
+    _, processed = six_batches
+    ids = [b["batch_id"] for b in processed[:3]]
+    frame = drift.load(settings, ids)
+    with clean_conn(settings).cursor() as cur:
+        cur.execute("SELECT count(*), sum(price), sum(bed), count(bath), count(DISTINCT state), count(status)"
+                    " FROM listings WHERE batch_id = ANY(%s)", (ids,))
+        rows, price, bed, baths, states, statuses = cur.fetchone()
+    assert len(frame) == rows == sum(b["clean_rows"] for b in processed[:3])
+    assert list(frame.columns) == [*drift.NUMERIC, *drift.CATEGORICAL]
+    assert all(frame[c].dtype == "float64" for c in drift.NUMERIC)
+    assert frame["price"].sum() == pytest.approx(price) and frame["bed"].sum() == pytest.approx(bed)
+    assert frame["bath"].notna().sum() == baths  # a missing number is NaN
+    assert frame["state"].nunique() == states and frame["status"].notna().sum() == statuses
+    assert frame["state"].dropna().map(type).eq(str).all()
+    assert drift.load(settings, []).empty
