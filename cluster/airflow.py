@@ -3,7 +3,7 @@ below the version Ray Serve here uses, so it cannot share ``.venv``; the DAG nee
 project's settings and job client, installed there without dependencies).
 
 Metadata in the stack's PostgreSQL (``airflow`` database); the DAGs folder is ``airflow_dags/``.
-``start`` runs Airflow's API server, scheduler, DAG processor and triggerer on loopback (as
+``start`` runs Airflow's API server, scheduler and DAG processor on loopback (as
 ``airflow standalone`` does, without the log servers: ``cluster/airflow_components.py``)
 and sets the DAG's schedule live (or paused: ``TASADOR_AIRFLOW_PAUSED``); ``trigger`` and
 ``wait_run`` start a run through the scheduler and follow it, as the demo does; ``dags_test`` runs
@@ -66,6 +66,12 @@ def env(settings: Settings) -> dict[str, str]:
             # every 2 minutes, not every 30 s (its schedule and tasks change only with a new deploy)
             "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "120",
+            # idle CPU (issue 18): the scheduler's pool gauges once a minute, not every 5 s (no metrics
+            # backend reads them), no check every 15 s for timed-out triggers (no triggerer runs:
+            # cluster/airflow_components.py), the DAG bundle's version checked every 30 s, not 5
+            "AIRFLOW__SCHEDULER__POOL_METRICS_INTERVAL": "60",
+            "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "3600",
+            "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "30",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
                 db.sqlalchemy_url(settings.pg_url(settings.airflow_instance)),
             "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(settings.airflow_port),

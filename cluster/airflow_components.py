@@ -1,10 +1,15 @@
-"""Airflow's four components as one process for the stack: ``python -m cluster.airflow_components``.
+"""Airflow's components as one process for the stack: ``python -m cluster.airflow_components``.
 
-What ``airflow standalone`` runs (API server, scheduler, DAG processor, triggerer), with one
-difference: the scheduler and the triggerer start without their log servers (``--skip-serve-logs``).
-Airflow binds those to every interface (``airflow.utils.serve_logs`` passes ``host=""`` to uvicorn;
-no setting changes it), and on one machine they serve nothing: the API server reads the task logs
-from the local log folder. ``standalone`` takes no options for its components, hence this runner.
+What ``airflow standalone`` runs, with two differences:
+- The scheduler starts without its log server (``--skip-serve-logs``). Airflow binds it to every
+  interface (``airflow.utils.serve_logs`` passes ``host=""`` to uvicorn; no setting changes it), and on
+  one machine it serves nothing: the API server reads the task logs from the local log folder.
+- No triggerer. It runs only deferred tasks, and the retraining DAG defers none (each task waits for
+  its Ray job in its own worker); idle, it queried the metadata database every second for triggers
+  that never come (0.008 core of an idle stack, and a database session of its own: issue 18). A DAG
+  that defers (a deferrable sensor, ``DeadlineAlert`` callbacks) needs it back:
+  ``("triggerer", "--skip-serve-logs")`` in ``COMPONENTS``.
+``standalone`` takes no options for its components, hence this runner.
 
 The components share this process's environment and output. When any of them exits, or this process
 gets SIGTERM/SIGINT, the others are stopped and this process exits (``tasador down`` stops it by PID,
@@ -20,8 +25,7 @@ import time
 from pathlib import Path
 
 AIRFLOW = Path(sys.executable).parent / "airflow"
-COMPONENTS = (("api-server",), ("scheduler", "--skip-serve-logs"), ("dag-processor",),
-              ("triggerer", "--skip-serve-logs"))
+COMPONENTS = (("api-server",), ("scheduler", "--skip-serve-logs"), ("dag-processor",))
 STOP_GRACE_S = 20.0
 
 

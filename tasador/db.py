@@ -10,7 +10,7 @@ import csv
 import io
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import psycopg2
 import psycopg2.extensions
@@ -265,13 +265,19 @@ def copy_out_csv(cur, query: sql.Composable) -> str:
     return buf.getvalue()
 
 
-def read_arrow(url: str, query: str, attempts: int = 30, delay_s: float = 1.0):
+def read_arrow(url: str, query: str | sql.Composable, attempts: int = 30, delay_s: float = 1.0):
     """The rows of ``query`` as an Arrow table, read by ADBC's PostgreSQL driver: PostgreSQL's binary
-    COPY decoded in C++, no CSV text and no Python object per value. ``query`` is SQL text rendered by
-    psycopg2 (``sql.Composable.as_string``: identifiers and literals quoted there). Connecting is
-    retried while the server is starting or restarting, as ``connect`` does."""
+    COPY decoded in C++, no CSV text and no Python object per value. ADBC takes SQL text only (bound
+    parameters would turn its COPY into a row-by-row fetch), so a composable query (values as
+    ``sql.Literal``, names as ``sql.Identifier``) is rendered by psycopg2 first, on a connection of
+    its own; Ray Data's read tasks pass text rendered once by their driver. Connecting is retried
+    while the server is starting or restarting, as ``connect`` does."""
     import adbc_driver_manager
     import adbc_driver_postgresql.dbapi as adbc
+
+    if isinstance(query, sql.Composable):
+        with closing(connect(url, attempts, delay_s)) as conn:
+            query = query.as_string(conn)
 
     def fetch():
         with adbc.connect(url) as conn, conn.cursor() as cur:

@@ -63,10 +63,8 @@ def load(settings: Settings, batch_ids: list[int]) -> pd.DataFrame:
         return pd.DataFrame(columns=[*NUMERIC, *CATEGORICAL])
     import pyarrow as pa
 
-    with db.transaction(settings.clean_db) as cur:  # the connection renders the query's literals
-        query = sql.SQL("SELECT {} FROM listings WHERE {}").format(
-            db.identifiers(NUMERIC + CATEGORICAL), db.in_batches(batch_ids)).as_string(cur)
-    table = db.read_arrow(settings.clean_db, query)
+    table = db.read_arrow(settings.clean_db, sql.SQL("SELECT {} FROM listings WHERE {}").format(
+        db.identifiers(NUMERIC + CATEGORICAL), db.in_batches(batch_ids)))
     table = table.cast(pa.schema([pa.field(f.name, pa.float64() if f.name in NUMERIC else f.type)
                                   for f in table.schema]))
     return table.to_pandas()

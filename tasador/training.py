@@ -70,15 +70,15 @@ def load_dataset(settings: Settings, batch_ids: list[int] | None = None, held_ou
     selected by SQL (promotion judges on them and needs no other)."""
     test_cut = round(settings.test_share * 100)
     val_cut = test_cut + round(settings.validation_share * 100)
-    with db.transaction(settings.clean_db) as cur:
-        if batch_ids is None:
+    if batch_ids is None:
+        with db.transaction(settings.clean_db) as cur:
             cur.execute("SELECT batch_id FROM processed_batches ORDER BY batch_id")
             batch_ids = [r[0] for r in cur.fetchall()]
-        where = db.in_batches(batch_ids)
-        if held_out_only:
-            where = sql.SQL("{} AND {} < {}").format(where, sql.SQL(SPLIT_KEY_SQL), sql.Literal(test_cut))
-        query = sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {}").format(
-            db.identifiers(FEATURES), where).as_string(cur)
+    where = db.in_batches(batch_ids)
+    if held_out_only:
+        where = sql.SQL("{} AND {} < {}").format(where, sql.SQL(SPLIT_KEY_SQL), sql.Literal(test_cut))
+    query = sql.SQL("SELECT raw_id, property_id, {}, price FROM listings WHERE {}").format(
+        db.identifiers(FEATURES), where)
     # processed batches never change, so reading their rows on another connection sees what this one did;
     # ordered by raw id in Arrow (in memory, C++), not by PostgreSQL (a sort of every row that spills to
     # disk past work_mem): the same frame, row for row
