@@ -2,7 +2,8 @@
 (the test split of every clean row collected now, which neither trained on); the challenger gets the
 ``production`` alias only if its RMSE beats production's by the configured margin. The outcome and
 its reason are written as version tags, on the decisions the training answered, and (for a move of
-the alias) in ``alias_moves``.
+the alias) in ``alias_moves``. A challenger whose training covered exactly today's batches has already
+been priced on these held-out rows by its training: those scores are used (``judge``).
 
 Crash-safe order: (1) the verdict is written on the training's row, (2) the alias moves, (3) the
 version's tags, (4) one transaction marks the training promoted/rejected, writes the decisions'
@@ -56,8 +57,14 @@ def verdict(challenger: str, production: str | None, new_rmse: float, old_rmse: 
                       f"(change {(new_rmse - old_rmse) / old_rmse:+.1%})")
 
 
-def judge(settings: Settings, challenger: str) -> dict:
-    """Score the challenger and production on the same held-out rows: the verdict and its reason."""
+def judge(settings: Settings, challenger: str, recorded: dict | None = None) -> dict:
+    """Score the challenger and production on the same held-out rows: the verdict and its reason.
+    ``recorded``: what the challenger's training reported (its row in ``trainings``, written by the
+    training job). When that training covered exactly the batches processed now, its test rows are these
+    held-out rows (the split is by property id; a processed batch's rows never change), and its test
+    scores are taken as they are instead of pricing the same rows with the same model again (about 4 s
+    of two cores at a million rows; ``tests/test_training.py`` prices the registered version again and
+    finds the same scores). Production is always priced here: its own scores were on fewer rows."""
     current = production(settings)
     if current and current.version == challenger:
         return {"verdict": "promoted", "previous_production": challenger, "scores": {},
@@ -69,17 +76,32 @@ def judge(settings: Settings, challenger: str) -> dict:
     y_log = np.log(held_out["price"].to_numpy(dtype=float))
     X = held_out[list(FEATURES)]
     versions = {"challenger": challenger, **({"production": current.version} if current is not None else {})}
-    scores = {}
+    scores, reused = {}, measured_on_these_rows(recorded, ds)
+    if reused is not None:
+        scores["challenger"] = reused
     for role, version in versions.items():
+        if role in scores:
+            continue
         with phase(f"load_{role}"):
             model = load_model(settings, version)
         with phase(f"price_{role}"):
             scores[role] = price_metrics(y_log, predict_log(model, X))
     promoted, reason = verdict(challenger, current.version if current else None, scores["challenger"]["rmse"],
                                scores.get("production", {}).get("rmse"), settings.promotion_margin, len(held_out))
+    if reused is not None:
+        reason += f" (v{challenger}'s scores as its training measured them on these same rows)"
     return {"verdict": "promoted" if promoted else "rejected", "reason": reason, "scores": scores,
             "previous_production": current.version if current else None, "held_out_rows": len(held_out),
             "phases_s": dict(phase)}
+
+
+def measured_on_these_rows(recorded: dict | None, ds) -> dict | None:
+    """The training's test scores when its test rows are ``ds``'s held-out rows: the same batches, as
+    many rows. None otherwise (an older training's row without ``test_rows``, a batch processed since)."""
+    if not recorded or not recorded.get("test_metrics", {}).get("rmse"):
+        return None
+    same = recorded.get("batch_ids") == ds.batch_ids and recorded.get("test_rows") == int(ds.test.sum())
+    return dict(recorded["test_metrics"]) if same else None
 
 
 def promote_training(settings: Settings, training_id: int) -> dict:
@@ -88,7 +110,7 @@ def promote_training(settings: Settings, training_id: int) -> dict:
         row = _training(settings, training_id)
         version, phases = row["version"], {}
         if row["verdict"] is None:
-            judged = judge(settings, version)
+            judged = judge(settings, version, row["result"])
             with db.transaction(settings.clean_db) as cur:
                 cur.execute("UPDATE trainings SET verdict = %s, promotion_reason = %s, promotion_scores = %s,"
                             " previous_production = %s WHERE training_id = %s AND verdict IS NULL",
@@ -143,7 +165,7 @@ def _apply(settings: Settings, version: str, row: dict, training_id: int | None)
 
 
 def _training(settings: Settings, training_id: int) -> dict:
-    keys = ("version", "verdict", "promotion_reason", "promotion_scores", "previous_production")
+    keys = ("version", "verdict", "promotion_reason", "promotion_scores", "previous_production", "result")
     with db.transaction(settings.clean_db) as cur:
         cur.execute(sql.SQL("SELECT {} FROM trainings WHERE training_id = %s").format(db.identifiers(keys)),
                     (training_id,))

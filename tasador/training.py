@@ -259,7 +259,8 @@ def train(settings: Settings, trigger: dict, training_id: int | None = None, cov
     seconds = round(time.perf_counter() - started, 1)
     log.info("training v%s: %.1f s in all; phases %s", version, seconds, dict(phase))
     return {"version": version, "family": best.family, "test_metrics": test, "families": family_summary,
-            "rows": len(ds.frame), "batch_ids": ds.batch_ids, "parent_run_id": parent.info.run_id,
+            "rows": len(ds.frame), "test_rows": int(ds.test.sum()), "batch_ids": ds.batch_ids,
+            "parent_run_id": parent.info.run_id,
             "trials": len(candidates) + len(failed), "trials_failed": failed,
             "trials_stopped_early": sum(1 for c in candidates if not c.finished),
             "xgboost_distributed": settings.xgb_distributed, "seconds": seconds, "phases_s": dict(phase)}

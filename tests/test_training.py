@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from cluster import mlflow_server, postgres, processes
 from tasador import ray_jobs, registry, training
 from tasador.features import PriceModel
+from tasador.models import price_metrics
 from tasador.promotion import load_model, promote
 from tasador.retry import poll
 from tasador.schema import FEATURES
@@ -51,6 +52,8 @@ def test_first_training_is_registered_and_promoted(settings, trained):
     prod = registry.production(settings)
     assert prod is not None and prod.version == train["version"] == promoted["version"]
     assert promoted["status"] == "promoted" and "no production model" in promoted["reason"]
+    # the training covered every batch there is: its test scores are the held-out scores, not priced again
+    assert promoted["scores"]["challenger"] == train["test_metrics"] and "its training measured" in promoted["reason"]
     tags = prod.tags
     assert json.loads(tags["batch_ids"]) == train["batch_ids"]
     assert tags["family"] == train["family"] and tags["promotion"] == "promoted"
@@ -116,6 +119,13 @@ def test_registered_model_takes_the_raw_features_and_matches_its_metrics(setting
     assert np.all(np.isfinite(prices)) and np.all(prices > 1_000)
     same = model.predict(ds.frame[ds.test][list(FEATURES)].head(50))
     assert np.allclose(prices, same)
+    # the registered version, priced on promotion's held-out rows, scores what its training recorded (what
+    # promotion takes instead of pricing them again)
+    held = training.load_dataset(settings, held_out_only=True)
+    assert held.batch_ids == train["batch_ids"] and len(held.frame) == train["test_rows"]
+    y_log = np.log(held.frame["price"].to_numpy(dtype=float))
+    priced = price_metrics(y_log, model.predict_log(held.frame[list(FEATURES)]))
+    assert priced == pytest.approx(train["test_metrics"], rel=1e-9)
     # its environment is declared, pinned, for its family (not inferred: tasador itself is not on PyPI)
     with registry.tracking_server(settings):
         import mlflow.pyfunc
