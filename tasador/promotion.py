@@ -76,7 +76,7 @@ def judge(settings: Settings, challenger: str, recorded: dict | None = None) -> 
     y_log = np.log(held_out["price"].to_numpy(dtype=float))
     X = held_out[list(FEATURES)]
     versions = {"challenger": challenger, **({"production": current.version} if current is not None else {})}
-    scores, reused = {}, measured_on_these_rows(recorded, ds)
+    scores, reused = {}, measured_on_these_rows(recorded, challenger, ds)
     if reused is not None:
         scores["challenger"] = reused
     for role, version in versions.items():
@@ -95,13 +95,15 @@ def judge(settings: Settings, challenger: str, recorded: dict | None = None) -> 
             "phases_s": dict(phase)}
 
 
-def measured_on_these_rows(recorded: dict | None, ds) -> dict | None:
-    """The training's test scores when its test rows are ``ds``'s held-out rows: the same batches, as
-    many rows. None otherwise (an older training's row without ``test_rows``, a batch processed since)."""
-    if not recorded or not recorded.get("test_metrics", {}).get("rmse"):
+def measured_on_these_rows(recorded: dict | None, version: str, ds) -> dict | None:
+    """``version``'s test scores from its training when its test rows are ``ds``'s held-out rows: the
+    same batches, as many rows. None otherwise (an older training's row without ``test_rows``, a batch
+    processed since, another version)."""
+    scores = (recorded or {}).get("test_metrics") or {}
+    if not scores.get("rmse") or str(recorded.get("version")) != str(version):
         return None
     same = recorded.get("batch_ids") == ds.batch_ids and recorded.get("test_rows") == int(ds.test.sum())
-    return dict(recorded["test_metrics"]) if same else None
+    return dict(scores) if same else None
 
 
 def promote_training(settings: Settings, training_id: int) -> dict:

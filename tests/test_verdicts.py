@@ -11,7 +11,7 @@ from tasador import drift
 from tasador.api_client import Batch
 from tasador.decisions import retrain_verdict
 from tasador.ingest import BatchConflict, MissingBatch, first_move, next_batch_number, replay_step
-from tasador.promotion import verdict
+from tasador.promotion import measured_on_these_rows, verdict
 from tasador.settings import Settings
 
 STORED = {1: "a" * 64, 2: "b" * 64}
@@ -88,6 +88,20 @@ def test_promotion_verdict():
     assert promoted and "v2 RMSE $49,000 beats production v1 RMSE $50,000 by the 1% margin" in reason
     promoted, reason = verdict("2", "1", 49_800, 50_000, 0.01, 1_000)  # better, but within the margin
     assert not promoted and "does not beat" in reason and "(change -0.4%)" in reason
+
+
+def test_promotion_reuses_a_training_s_scores_only_on_the_very_rows_it_priced():
+    from types import SimpleNamespace
+
+    held_out = SimpleNamespace(batch_ids=[1, 2], test=np.ones(5, dtype=bool))  # load_dataset(held_out_only=True)
+    recorded = {"version": "3", "batch_ids": [1, 2], "test_rows": 5, "test_metrics": {"rmse": 10.0, "r2": 0.9}}
+    assert measured_on_these_rows(recorded, "3", held_out) == recorded["test_metrics"]
+    for other in ({"batch_ids": [1]}, {"batch_ids": [1, 2, 3]},  # a batch processed since (or fewer)
+                  {"test_rows": 4}, {"test_rows": None},  # other rows; a training recorded before test_rows
+                  {"test_metrics": None}, {"test_metrics": {}}):
+        assert measured_on_these_rows({**recorded, **other}, "3", held_out) is None, other
+    assert measured_on_these_rows(recorded, "4", held_out) is None  # another version's training
+    assert measured_on_these_rows(None, "3", held_out) is None  # an operator's promotion: priced
 
 
 def test_every_fault_point_is_placed_in_the_code_once():
