@@ -59,6 +59,8 @@ def decide(settings: Settings, batch_id: int, production: Production | None) -> 
         with db.transaction(settings.clean_db) as cur:
             cur.execute("SELECT batch_id FROM processed_batches WHERE batch_id < %s ORDER BY batch_id", (batch_id,))
             reference_ids = [r[0] for r in cur.fetchall()]
+    if reference_ids:
+        drift.import_statistics_meanwhile()
     batch = drift.load(settings, [batch_id])
     report = drift.compare(batch, drift.load(settings, reference_ids), settings) if reference_ids else None
     found = bool(report and report.drifted)
