@@ -153,3 +153,31 @@ def test_job_killed_mid_batch_leaves_nothing(settings, raw, group):
         cur.execute("SELECT count(*) FROM listings")
         assert cur.fetchone()[0] == rows_before
     assert ledger(raw, group) == []
+
+
+def test_copy_in_streams_rows_exactly_and_a_failing_source_writes_nothing(settings, monkeypatch):
+    """``db.copy_in`` renders the CSV as PostgreSQL reads it: with chunks a few rows long, values that
+    CSV must quote (commas, quotes, newlines, the NULL marker as text), NULL and the empty string come
+    back exactly; a row source that fails mid-COPY raises its own error and leaves no row."""
+    from tasador import db
+
+    monkeypatch.setattr(db.CsvRows, "CHUNK", 64)
+    monkeypatch.setattr(db.CsvRows, "ROWS_PER_RENDER", 3)
+    tricky = [None, "", "a,b", 'say "hi"', "two\nlines", "\\N", "ünïcode ☃", "x" * 200, "1e+16", "103378.0"]
+    rows = [(i, tricky[i % len(tricky)], tricky[(i * 7) % len(tricky)]) for i in range(500)]
+    with db.transaction(settings.raw_db) as cur:
+        cur.execute("CREATE TEMP TABLE copy_check (n int, a text, b text)")
+        assert db.copy_in(cur, "copy_check", ("n", "a", "b"), iter(rows)) == len(rows)
+        cur.execute("SELECT n, a, b FROM copy_check ORDER BY n")
+        assert cur.fetchall() == rows
+
+        def failing():
+            yield from rows[:100]
+            raise ValueError("row 100 is bad")
+
+        cur.execute("SAVEPOINT before_failing")
+        with pytest.raises(ValueError, match="row 100 is bad"):
+            db.copy_in(cur, "copy_check", ("n", "a", "b"), failing())
+        cur.execute("ROLLBACK TO SAVEPOINT before_failing")
+        cur.execute("SELECT count(*) FROM copy_check")
+        assert cur.fetchone()[0] == len(rows)
