@@ -1,7 +1,7 @@
 """DAG ``tasador_retraining``: one batch through the whole cycle per run, each step a Ray job.
 
-    ingest -> process -> decide -> branch -> train -> promote
-                                         \\-> skip_training
+    ingest -> process -> decide -> train -> promote
+                                \\-> skip_training
 
 Each task submits ``python -m jobs.<step>`` to the Ray cluster through Ray's Jobs REST API (the
 cluster's token; no Ray provider package: the maintained ones target hosted platforms and
@@ -76,12 +76,14 @@ def tasador_retraining():
     def process(_ingested: dict) -> dict:
         return run_step("process")
 
-    @task
-    def decide(_processed: dict) -> dict:
-        return run_step("decide")
-
     @task.branch
-    def retrain_or_skip(decided: dict) -> str:
+    def decide(_processed: dict) -> str:
+        """The decide job, and the branch it implies: train when it reports work pending. One task, not
+        a decide task and a branch task: every task costs the cycle a scheduler gap (about 1 s)."""
+        from airflow.sdk import get_current_context
+
+        decided = run_step("decide")
+        get_current_context()["ti"].xcom_push(key="decided", value=decided)
         summary = decided["summary"]
         reason = next((d.get("retrain_reason") for d in reversed(summary.get("decisions") or [])), "")
         print(f"retrain: {summary.get('retrain')} ({reason}); pending: {summary.get('pending')}")
@@ -99,7 +101,7 @@ def tasador_retraining():
     def skip_training() -> str:
         return "no retraining: see the decide task's reason"
 
-    branch = retrain_or_skip(decide(process(ingest())))
+    branch = decide(process(ingest()))
     trained = train()
     branch >> [trained, skip_training()]
     promote(trained)
