@@ -54,6 +54,34 @@ def test_unseen_and_missing_values_still_give_finite_features():
     assert np.isfinite(out).all()
 
 
+
+def test_the_encoder_fitted_on_codes_is_the_encoder_fitted_on_the_values():
+    """``fit_on_codes``: same cross-fitted matrix, same fitted encoder (categories in sklearn's sorted
+    order, encodings, mean), same transform of unseen and missing values, as sklearn fitted on the text."""
+    from sklearn.model_selection import KFold
+    from sklearn.preprocessing import TargetEncoder
+
+    from tasador.features import fit_on_codes
+
+    X, y = listings(3_000, seed=3)
+    rng = np.random.default_rng(4)
+    X = X.assign(city=rng.choice(["Boston", "Salem", "Ávila", "b", "B", "10"], len(X)),
+                 brokered_by=rng.integers(1, 400, len(X)).astype(float))
+    X.loc[rng.random(len(X)) < 0.1, ["zip_code", "city"]] = None
+    categories = ListingFeatures._categories(typed(X))
+    fresh = lambda: TargetEncoder(target_type="continuous", smooth="auto", cv=KFold(5, shuffle=True, random_state=0))  # noqa: E731
+    on_values, on_codes = fresh(), fresh()
+    expected = on_values.fit_transform(categories, y)
+    assert np.array_equal(fit_on_codes(on_codes, categories, y), expected)
+    for ours, theirs in zip(on_codes.categories_, on_values.categories_, strict=True):
+        assert ours.dtype == theirs.dtype and ours.tolist() == theirs.tolist()
+    for ours, theirs in zip(on_codes.encodings_, on_values.encodings_, strict=True):
+        assert np.array_equal(ours, theirs)
+    assert on_codes.target_mean_ == on_values.target_mean_
+    unseen = categories[:50].copy()
+    unseen[::3, 1] = "Nowhere|Nowhere"
+    assert np.array_equal(on_codes.transform(unseen), on_values.transform(unseen))
+
 # values as the API hands them over (plain), and odd ones the value-by-value path must leave to pandas
 _plain_numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6))
 _plain_texts = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["Boston", "SOLD", "for_sale", ""]))
