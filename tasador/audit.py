@@ -22,15 +22,16 @@ from tasador import db, registry
 from tasador.schema import COLUMNS
 from tasador.settings import Settings
 
-SEP, NULL = "\x1f", "\\N"
-# one key per stored row: the md5 of its columns joined by SEP, NULL as the marker
+SEP, VALUE, NULL = "\x1f", "v", "n"
+# one key per stored row: the md5 of its columns joined by SEP, each value tagged VALUE and a NULL
+# written as NULL, so that no text stands for a NULL (a fixed marker such as "\\N" did)
 ROW_KEYS = sql.SQL("SELECT md5(concat_ws(%s, {})) FROM listings WHERE batch_id = %s").format(
-    sql.SQL(", ").join(sql.SQL("coalesce({}, %s)").format(sql.Identifier(c)) for c in COLUMNS))
+    sql.SQL(", ").join(sql.SQL("coalesce(%s || {}, %s)").format(sql.Identifier(c)) for c in COLUMNS))
 
 
 def content_key(values: Iterable) -> str:
     """A row's content hash: its 12 values as stored in raw (JSON scalars' text, NULL for null)."""
-    text = SEP.join(NULL if v is None else str(v) for v in values)
+    text = SEP.join(NULL if v is None else VALUE + str(v) for v in values)
     return hashlib.md5(text.encode()).hexdigest()
 
 
@@ -54,7 +55,7 @@ def audit(settings: Settings, group: int, day: str, api_batches: list[list[dict]
             problems.append("two ledger batches carry the same payload")
         stored: dict[int, Counter] = {}
         for batch_id, number, rows, _ in ledger:
-            cur.execute(ROW_KEYS, (SEP, *[NULL] * len(COLUMNS), batch_id))
+            cur.execute(ROW_KEYS, (SEP, *[VALUE, NULL] * len(COLUMNS), batch_id))
             stored[number] = Counter(r[0] for r in cur.fetchall())
             held = sum(stored[number].values())
             if held != rows:

@@ -181,3 +181,28 @@ def test_copy_in_streams_rows_exactly_and_a_failing_source_writes_nothing(settin
         cur.execute("ROLLBACK TO SAVEPOINT before_failing")
         cur.execute("SELECT count(*) FROM copy_check")
         assert cur.fetchone()[0] == len(rows)
+
+
+def test_the_audit_tells_a_text_backslash_n_from_a_null(settings, raw, group):
+    """A stored batch whose rows carry the text ``\\N`` and a NULL in the same column is accounted for
+    exactly; turning the text into NULL in raw (the loss a fixed NULL marker caused) shows as one row
+    missing and one extra."""
+    import hashlib
+
+    from tasador import audit
+    from tasador.api_client import Batch
+    from tasador.ingest import store_batch
+    from tasador.schema import COLUMNS
+
+    rows = [{c: f"{c}-{i}" for c in COLUMNS} for i in range(3)]
+    rows[0]["city"], rows[1]["city"] = "\\N", None
+    payload = hashlib.sha256(repr(rows).encode()).hexdigest()
+    assert store_batch(settings.raw_db, Batch(group, "Monday", 1, rows, payload, "test")).status == "ingested"
+    accounts = audit.audit(settings, group, "Monday", [rows])
+    assert (accounts["rows_lost"], accounts["rows_duplicated"]) == (0, 0), accounts["problems"]
+    with raw.cursor() as cur:
+        cur.execute("UPDATE listings SET city = NULL WHERE city = '\\N' AND batch_id IN"
+                    " (SELECT batch_id FROM batches WHERE group_number = %s)", (group,))
+        assert cur.rowcount == 1
+    accounts = audit.audit(settings, group, "Monday", [rows])
+    assert (accounts["rows_lost"], accounts["rows_duplicated"]) == (1, 1), accounts["problems"]
