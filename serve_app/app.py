@@ -28,6 +28,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,6 +41,7 @@ from serve_app.model import PriceModelServer, ProductionModel, RegistryLoader, l
 from serve_app.prediction_log import PredictionLog
 from serve_app.priority import serve_at
 from serve_app.schemas import LARGE_BODY_BYTES, LISTING, Listing, listings_adapter, to_columns
+from tasador import json_body
 from tasador.settings import Settings
 
 log = logging.getLogger("ray.serve")
@@ -85,7 +87,7 @@ def parse_listings(body: bytes, max_listings: int, batch_adapter) -> list[Listin
     if not body.strip():
         raise BadRequest("the request body is empty: send one listing or {\"listings\": [...]}")
     try:
-        payload = json.loads(body)
+        payload = json_body.loads(body)
     except RecursionError:
         raise BadRequest("the request body nests JSON too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -127,8 +129,20 @@ def check_idempotency_key(key: str | None) -> None:
 def prediction_ids(count: int, key: str | None) -> list[str]:
     """One id per listing: random, or derived from the idempotency key (a retry gets the same ids)."""
     if key is None:
-        return [str(uuid.uuid4()) for _ in range(count)]
+        return random_uuids(count)
     return [str(uuid.uuid5(ID_NAMESPACE, f"{key}/{i}")) for i in range(count)]
+
+
+def random_uuids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as text, what ``str(uuid.uuid4())`` gives, from one read of
+    the OS's randomness: ``uuid.uuid4()`` per id was 4.4 ms of a 1,000-listing request (py-spy: 12% of
+    the bulk replica's samples), this 0.6 ms."""
+    raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.tobytes().hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * count, 32)]
 
 
 def _short(value):

@@ -33,10 +33,17 @@ PROBE_S = 5.0  # how often an idle log checks that the database answers
 REFUSED = (psycopg2.DataError, UnicodeError)
 
 
-def _text(value) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat() if isinstance(value, dt.date) else str(value)
+def columns_of(chunks: list) -> list[list]:
+    """The buffered chunks as the ``predictions`` columns (``db.PREDICTION_COLUMNS``), column by column.
+    Values are written as the CSV writer renders them: ``str()`` of the validated value (a float as
+    ``3.0``, a date as ``2015-06-30``), None as NULL; the chunk's time is made text once, not per row."""
+    columns: list[list] = [[] for _ in db.PREDICTION_COLUMNS]
+    for ids, at, name, version, prices, features in chunks:
+        n = len(prices)
+        for column, values in zip(columns, (ids, [str(at)] * n, [name] * n, [version] * n, prices,
+                                            *(features[f] for f in FEATURES)), strict=True):
+            column.extend(values)
+    return columns
 
 
 def _tell(callback, n: int) -> None:
@@ -49,7 +56,7 @@ def _tell(callback, n: int) -> None:
             log.exception("prediction log: reporting %d rows failed", n)
 
 
-def write_once(cur, rows: list[tuple]) -> int:
+def write_once(cur, rows: list[tuple] | db.CsvRows) -> int:
     """Write ``rows`` (``db.PREDICTION_COLUMNS`` order) into ``predictions``; a prediction id already
     there is skipped. Returns how many rows were new."""
     columns = sql.SQL(", ").join(map(sql.Identifier, db.PREDICTION_COLUMNS))
@@ -124,12 +131,10 @@ class PredictionLog:
             return new
 
     def _write(self, chunks: list) -> int:
-        rows = [(ids[i], at, name, version, price, *(_text(columns[f][i]) for f in FEATURES))
-                for ids, at, name, version, prices, columns in chunks for i, price in enumerate(prices)]
         if self._conn is None or self._conn.closed:
             self._conn = db.connect(self.url, attempts=1)
         with self._conn, self._conn.cursor() as cur:
-            return write_once(cur, rows)
+            return write_once(cur, db.CsvRows.of_columns(columns_of(chunks)))
 
     def _written(self, chunks: list, new: int) -> int:
         rows = sum(len(chunk[4]) for chunk in chunks)

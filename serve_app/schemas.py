@@ -9,7 +9,7 @@ are ignored.
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -23,6 +23,9 @@ from tasador.schema import BOUNDS, EARLIEST_SALE, FEATURES, ID_FEATURES, STATES,
 LARGE_BODY_BYTES = 32_768
 BULK_ROUTE_PREFIX = "/bulk"
 
+# Unicode's categories Cc (control characters) and Cs (surrogates), exactly: one regex search instead of
+# a category lookup per character (a tenth of a 1,000-listing request's validation)
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 
@@ -65,7 +68,7 @@ class Listing(BaseModel):
     @classmethod
     def printable_city(cls, value: str | None) -> str | None:
         """Text the raw database can store: no control characters (NUL included), no lone surrogates."""
-        if value is not None and any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        if value is not None and _CONTROL_OR_SURROGATE.search(value):
             raise ValueError("the city holds a control character or an unpaired surrogate")
         return value
 

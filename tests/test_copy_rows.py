@@ -51,3 +51,20 @@ def test_each_copy_has_a_null_marker_of_its_own():
     """A fixed marker (``\\N``) would store a text value equal to it as NULL."""
     markers = {CsvRows([]).null for _ in range(100)}
     assert len(markers) == 100 and all(m.startswith("\\N") and len(m) > 2 for m in markers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(0, 40).flatmap(lambda n: st.lists(st.lists(values, min_size=n, max_size=n), min_size=1,
+                                                           max_size=5)))
+def test_rows_given_column_by_column_render_as_the_same_rows(rows):
+    """``CsvRows.of_columns`` (the prediction log) renders what the rows, zipped, render to."""
+    columns = rows  # each inner list is one column, all of one length
+    source = CsvRows.of_columns(columns)
+    text = source.read(-1)
+    assert text == whole(list(zip(*columns, strict=True)), source.null)
+    assert source.count == len(columns[0])
+
+
+def test_columns_of_different_lengths_are_refused():
+    with pytest.raises(ValueError):
+        CsvRows.of_columns([[1, 2], [3]]).read(-1)
