@@ -26,6 +26,7 @@ BULK_ROUTE_PREFIX = "/bulk"
 # Unicode's categories Cc (control characters) and Cs (surrogates), exactly: one regex search instead of
 # a category lookup per character (a tenth of a 1,000-listing request's validation)
 _CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+ZIP_WIDTH = len(str(ZIP_MAX))
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 
@@ -77,13 +78,15 @@ class Listing(BaseModel):
     def zip_as_text(cls, value):
         if value is None:
             return None
+        if type(value) is str and len(value) == ZIP_WIDTH and value.isascii() and value.isdigit():
+            return value  # already as the cleaning reads it (most requests): the rest would return it unchanged
         if isinstance(value, float) and not (value.is_integer() and 0 <= value <= ZIP_MAX):
             raise ValueError("a zip code is up to 5 digits")  # 2108.5, -1.0, 1e400 (inf) and NaN included
         text = str(int(value)) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
         digits = text.strip()
         if not (digits.isascii() and digits.isdigit()) or int(digits) > ZIP_MAX:
             raise ValueError("a zip code is up to 5 digits")
-        return str(int(digits)).zfill(len(str(ZIP_MAX)))  # as the cleaning reads it: "2108" and "002108" are 02108
+        return str(int(digits)).zfill(ZIP_WIDTH)  # as the cleaning reads it: "2108" and "002108" are 02108
 
     @field_validator("prev_sold_date")
     @classmethod
