@@ -259,7 +259,7 @@ class CsvRows:
     def of_columns(cls, columns: Sequence[Sequence]) -> CsvRows:
         """Rows given column by column (equal lengths): a column's None values are replaced by the marker
         all at once, and the rows are zipped in C, so no row is built or rebuilt in Python (the
-        prediction log: 13 -> 4 ms of a 1,000-listing request's GIL time)."""
+        prediction log's 1,000 rows of a request: 12.7 -> 7.1 ms, most of it now the CSV writer)."""
         source = cls(())
         null = source.null
         source.rows = zip(*[[null if v is None else v for v in column] if None in column else column

@@ -14,12 +14,13 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGIT_RUN = b"0" * 19
 
 
-def loads(body: bytes):
+def loads(body: bytes | str):
     """The body as Python values, equal to ``json.loads(body)``'s, and the same errors: orjson (a
     361k-row batch in 0.7 s against the standard library's 1.4-1.6 s), and the standard library for what
     orjson refuses or reads otherwise (NaN and Infinity, lone surrogates, integers past 64 bits, any
     syntax error: the message is the standard library's)."""
-    if _LONG_DIGIT_RUN in body.translate(_DIGITS_AS_ZERO):
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if _LONG_DIGIT_RUN in raw.translate(_DIGITS_AS_ZERO):
         return json.loads(body)
     try:
         return orjson.loads(body)
