@@ -14,7 +14,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from tasador.schema import BOUNDS, EARLIEST_SALE, FEATURES, ID_FEATURES, STATES, STATUSES, WHOLE_NUMBERS, ZIP_MAX
+from tasador.schema import (
+    BOUNDS,
+    EARLIEST_SALE,
+    FEATURES,
+    ID_FEATURES,
+    STATES,
+    STATUSES,
+    WHOLE_NUMBERS,
+    ZIP_MAX,
+    ZIP_WIDTH,
+)
 
 # Requests over LARGE_BODY_BYTES are priced by their own deployment (serve_app/app.py): HAProxy sends a
 # /predict whose Content-Length is larger straight to BULK_ROUTE_PREFIX + /predict (cluster/ray_head.py,
@@ -26,7 +36,6 @@ BULK_ROUTE_PREFIX = "/bulk"
 # Unicode's categories Cc (control characters) and Cs (surrogates), exactly: one regex search instead of
 # a category lookup per character (a tenth of a 1,000-listing request's validation)
 _CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-ZIP_WIDTH = len(str(ZIP_MAX))
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 
@@ -53,7 +62,7 @@ class Listing(BaseModel):
     @field_validator(*WHOLE_NUMBERS, *ID_FEATURES)
     @classmethod
     def whole(cls, value: float | None, info) -> float | None:
-        if value is not None and not float(value).is_integer():
+        if value is not None and not value.is_integer():  # a float by now (the fields are floats)
             raise ValueError(f"{info.field_name} is a whole number ({value} is not)")
         return value
 

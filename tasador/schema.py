@@ -34,4 +34,5 @@ BOUNDS = {"bed": (0, 50), "bath": (0, 50), "house_size": (100, 100_000), "acre_l
 WHOLE_NUMBERS: tuple[str, ...] = ("bed", "bath")  # counts: 2.5 baths is not a value of this data
 # ID_FEATURES are non-negative integer ids (the raw data writes some as "103378.0")
 ZIP_MAX = 99_999  # a zip code is up to 5 digits; unpadded ones ("2108") are padded ("02108")
+ZIP_WIDTH = len(str(ZIP_MAX))  # the padded form's digits
 EARLIEST_SALE = dt.date(1900, 1, 1)  # prev_sold_date lies between this and the day it is checked
