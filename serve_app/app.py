@@ -1,5 +1,6 @@
-"""The prediction API: a FastAPI ingress that prices with the production model in-process (batched),
-and a model deployment for explanations. Import path ``serve_app.app:app``
+"""The prediction API: an HTTP deployment that prices with the production model in-process (batched;
+its routes in ``PRICE_ROUTES``, described by a FastAPI app for the OpenAPI schema and ``/docs``), and a
+model deployment for explanations. Import path ``serve_app.app:app``
 (deployed with ``serve deploy serve_app/config.yaml``, or by ``tasador up``).
 
 - ``POST /predict``: one listing or ``{"listings": [...]}`` -> model name, version, one price and one
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import psutil
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
@@ -63,6 +65,30 @@ _BODY = {"requestBody": {"required": True, "content": {"application/json": {"sch
 
 api = FastAPI(title="Tasador price API", version="1",
               description="US real-estate prices from the production model of the Tasador registry.")
+
+# The price API's routes, defined once: ``PriceApi.__call__`` dispatches on this table and ``api`` is
+# built from it for the OpenAPI schema and ``/docs`` only. Routing through FastAPI inside Serve cost a
+# one-listing request more than its pricing: py-spy on a replica at 64 clients put ~60% of its GIL in
+# Serve's ASGI path with Starlette's middleware, FastAPI's routing and its request handler.
+PRICE_ROUTES = (  # method, path, PriceApi's handler, summary, extra OpenAPI
+    ("POST", "/predict", "predict", "Price one listing or a list of listings", _BODY),
+    ("POST", "/explain", "explain", "Each feature's SHAP contribution to the price", _BODY),
+    ("GET", "/model", "model_info", "The version serving and its lineage", None),
+    ("GET", "/health", "health", "What serves, and what is wrong if anything", None),
+    ("POST", "/admin/reload", "reload", "Check the production alias now (admin token)", None),
+)
+
+
+# The endpoint ``api`` declares for each of ``PRICE_ROUTES`` (no docstring: it would be each route's
+# description): ``api`` only describes the routes, ``PriceApi`` answers them.
+def _described_only(request: Request):
+    raise NotImplementedError("PriceApi answers this route; api only describes it")
+
+
+for _method, _path, _handler, _summary, _extra in PRICE_ROUTES:
+    api.add_api_route(_path, _described_only, methods=[_method], name=_handler, summary=_summary,
+                      openapi_extra=_extra)
+
 bulk_api = FastAPI(title="Tasador price API: large requests", version="1",
                    description=f"``/predict`` of over {LARGE_BODY_BYTES} bytes, where HAProxy sends them (the same "
                                "request and answer as the price API's ``/predict``).")
@@ -151,6 +177,24 @@ def random_uuids(count: int) -> list[str]:
 def _short(value):
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def route_path(scope: dict) -> str:
+    """The request's path below the application's mount (Serve sets ``root_path`` for a route prefix
+    other than ``/``), as Starlette's router matches it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
+def documentation(app: FastAPI) -> dict[str, tuple[bytes, str]]:
+    """What FastAPI serves about ``app``, rendered once: path -> (content, media type)."""
+    page = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                               oauth2_redirect_url=app.swagger_ui_oauth2_redirect_url)
+    return {app.openapi_url: (json.dumps(app.openapi()).encode(), "application/json"),
+            app.docs_url: (page.body, "text/html"),
+            app.swagger_ui_oauth2_redirect_url: (get_swagger_ui_oauth2_redirect_html().body, "text/html")}
 
 
 def _retry(code: int, settings: Settings) -> dict | None:
@@ -270,10 +314,17 @@ class BulkPricer(PricingReplica):
 
 
 @serve.deployment
-@serve.ingress(api)
 class PriceApi(PricingReplica):
+    """The price API's HTTP routes (``PRICE_ROUTES``) without FastAPI in the request's path: Serve hands
+    ``__call__`` a Starlette request, which it dispatches on the table; the schema and ``/docs`` are
+    ``api``'s, served from memory."""
+
     def __init__(self, explainer: DeploymentHandle, loader_factory=RegistryLoader):
         self._start(loader_factory)
+        self.routes: dict[str, dict[str, object]] = {}
+        for method, path, handler, _, _ in PRICE_ROUTES:
+            self.routes.setdefault(path, {})[method] = getattr(self, handler)
+        self.documents = documentation(api)
         self.explainer, self.bulk = explainer, None
         self.batch_adapter = listings_adapter(self.settings.serve_max_listings)
         self.explain_adapter = listings_adapter(self.settings.serve_max_explain)
@@ -339,7 +390,24 @@ class PriceApi(PricingReplica):
             result = self._logged(columns, result, key)
         return self._done(route, started, 200, result)
 
-    @api.post("/predict", openapi_extra=_BODY, summary="Price one listing or a list of listings")
+    async def __call__(self, request: Request) -> Response:
+        """Every request of the price API: its route's handler, the schema or /docs, else 404 or 405
+        with FastAPI's answers."""
+        path = route_path(request.scope)
+        method = "GET" if request.method == "HEAD" else request.method
+        handlers = self.routes.get(path)
+        if handlers is not None:
+            handler = handlers.get(method)
+            if handler is None:
+                return JSONResponse({"detail": "Method Not Allowed"}, 405, headers={"Allow": ", ".join(handlers)})
+            return await handler(request)
+        if path in self.documents:
+            if method != "GET":
+                return JSONResponse({"detail": "Method Not Allowed"}, 405, headers={"Allow": "GET"})
+            content, media_type = self.documents[path]
+            return Response(content, media_type=media_type)
+        return JSONResponse({"detail": "Not Found"}, 404)
+
     async def predict(self, request: Request):
         key = request.headers.get(IDEMPOTENCY_KEY)
         self.predicting += 1  # from the first await on: requests that arrive together see each other
@@ -349,7 +417,6 @@ class PriceApi(PricingReplica):
         finally:
             self.predicting -= 1
 
-    @api.post("/explain", openapi_extra=_BODY, summary="Each feature's SHAP contribution to the price")
     async def explain(self, request: Request):
         return await self._priced("/explain", request, self.settings.serve_max_explain, self.explain_adapter,
                                   self._explained)
@@ -363,16 +430,14 @@ class PriceApi(PricingReplica):
             return await asyncio.get_running_loop().run_in_executor(self.heavy, self.model.explain, columns)
         return await self.explainer.explain.remote(columns)
 
-    @api.get("/model", summary="The version serving and its lineage")
-    async def model_info(self):
+    async def model_info(self, request: Request):
         started = time.perf_counter()
         info = self.model.info()
         if info["model"] is None:
             return self._done("/model", started, 503, {"detail": "no production model yet", **info}, "no_model")
         return self._done("/model", started, 200, info["model"])
 
-    @api.get("/health", summary="What serves, and what is wrong if anything")
-    async def health(self):
+    async def health(self, request: Request):
         started = time.perf_counter()
         info = self.model.info()
         model = info["model"]
@@ -391,7 +456,6 @@ class PriceApi(PricingReplica):
                 "prediction_log": log, "last_error": info["last_error"], "replica": self.startup}
         return self._done("/health", started, 200 if model else 503, body)
 
-    @api.post("/admin/reload", summary="Check the production alias now (admin token)")
     async def reload(self, request: Request):
         started = time.perf_counter()
         try:  # read at each call: replacing the file rotates the token without a redeploy

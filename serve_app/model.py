@@ -33,6 +33,7 @@ from ray import serve
 from serve_app import metrics
 from serve_app.priority import serve_at
 from tasador import compiled
+from tasador.features import PriceModel
 from tasador.models import SERVING_THREADS, set_threads
 from tasador.registry import mlflow_client, production_version, tracking_server
 from tasador.schema import FEATURES
@@ -327,10 +328,12 @@ class ProductionModel:
         if current is None:
             return [{"error": "no production model yet"}] * len(requests)
         sizes = [len(r["status"]) for r in requests]
-        frame = pd.DataFrame({f: [v for r in requests for v in r[f]] for f in FEATURES})
-        prices = np.asarray(current.model.predict(frame), dtype=float)
+        columns = requests[0] if len(requests) == 1 else {f: [v for r in requests for v in r[f]] for f in FEATURES}
+        # a PriceModel takes the columns as they are (no frame per call: tasador/features.py typed)
+        rows = columns if isinstance(current.model, PriceModel) else pd.DataFrame(columns, columns=list(FEATURES))
+        prices = np.asarray(current.model.predict(rows), dtype=float)
         self.metrics.batch_size.observe(len(requests))
-        self.metrics.rows.observe(len(frame))
+        self.metrics.rows.observe(sum(sizes))
         bounds = np.cumsum([0, *sizes])
         return [self._answer(current, prices[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -27,22 +28,28 @@ from tasador.schema import FEATURES, NUMERIC_FEATURES, STATUSES
 ENCODED = ("state", "city", "zip_code", "brokered_by")
 
 
-def typed(X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The 11 features with their model types, whatever came in (strings from JSON, typed clean rows).
+def typed(X: pd.DataFrame | Mapping[str, list]) -> dict[str, np.ndarray]:
+    """The 11 features with their model types, whatever came in (strings from JSON, typed clean rows),
+    from a frame or from a mapping of each feature to a list of values (the API's validated columns,
+    ``serve_app.schemas.to_columns``: no frame built per request, 184 us of a one-listing call).
     Numpy arrays, not a frame: a request of one listing must not pay pandas' per-column overhead. Up to
-    ``FAST_ROWS`` rows of plain values (what the API's validation hands over) are typed value by value:
-    pandas' conversions cost about 1.2 ms a call whatever the rows, most of a single listing's transform
-    (docs/benchmarks.md); anything else takes pandas' path, which ``tests/test_features.py`` holds
-    the value-by-value one equal to."""
-    if len(X) <= FAST_ROWS:
+    ``FAST_ROWS`` rows of plain values are typed value by value: pandas' conversions cost about 2 ms a
+    call whatever the rows, most of a single listing's transform (docs/benchmarks.md); anything else
+    takes pandas' path, which ``tests/test_features.py`` holds the value-by-value one equal to."""
+    rows = len(X[FEATURES[0]]) if isinstance(X, Mapping) else len(X)
+    if rows <= FAST_ROWS:
         try:
             return typed_by_value(X)
         except Unusual:
             pass
-    return typed_by_pandas(X)
+    return typed_by_pandas(pd.DataFrame(X, columns=list(FEATURES)) if isinstance(X, Mapping) else X)
 
 
-FAST_ROWS = 16
+# value by value against pandas, one call on a mapping of columns (2026-12-06, the 10%-scale XGBoost
+# model): typing 8 rows 54 us / 2,074 us, 64 rows 365 / 2,032, 256 rows 1,441 / 2,447; the target
+# encoding's dicts against pandas' index: 64 rows 49 / 94 us, 128 rows 95 / 104, 256 rows 189 / 119
+FAST_ROWS = 256
+DICT_ROWS = 128
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -96,8 +103,9 @@ def _date(v) -> np.datetime64:
 _NS_FIRST_DAY, _NS_LAST_DAY = np.datetime64("1677-09-22", "D"), np.datetime64("2262-04-10", "D")
 
 
-def typed_by_value(X: pd.DataFrame) -> dict[str, np.ndarray]:
-    column = {col: X[col].tolist() for col in FEATURES}
+def typed_by_value(X: pd.DataFrame | Mapping[str, list]) -> dict[str, np.ndarray]:
+    column = {col: list(X[col]) for col in FEATURES} if isinstance(X, Mapping) else {col: X[col].tolist()
+                                                                                    for col in FEATURES}
     out = {col: np.array([_number(v) for v in column[col]], dtype="float64") for col in NUMERIC_FEATURES}
     status = [_text(v) for v in column["status"]]
     state = [_text(v) for v in column["state"]]
@@ -157,15 +165,28 @@ class ListingFeatures(TransformerMixin, BaseEstimator):
 
     def _encode(self, categories: np.ndarray) -> np.ndarray:
         """The fitted target encoding (what ``encoder_.transform`` computes: unseen values get the
-        overall mean), by one hash lookup per column instead of sklearn's per-call validation."""
+        overall mean), by one hash lookup per column instead of sklearn's per-call validation: a dict's
+        for up to ``DICT_ROWS`` rows (``Index.get_indexer`` costs ~25 us a column whatever the rows),
+        pandas' index for more."""
         enc = self.encoder_
-        if "_lookups" not in self.__dict__:  # built once per loaded model (tens of thousands of zips)
+        if "_tables" not in self.__dict__:  # built once per loaded model (tens of thousands of zips)
             self._lookups = [pd.Index(known) for known in enc.categories_]
+            self._tables = [dict(zip(known.tolist(), values.tolist(), strict=True))
+                            for known, values in zip(enc.categories_, enc.encodings_, strict=True)]
+        if len(categories) <= DICT_ROWS:
+            mean = float(enc.target_mean_)
+            return np.array([[table.get(v, mean) for table, v in zip(self._tables, row, strict=True)]
+                             for row in categories.tolist()], dtype=float).reshape(categories.shape)
         out = np.empty(categories.shape, dtype=float)
         for j, (lookup, values) in enumerate(zip(self._lookups, enc.encodings_, strict=True)):
             index = lookup.get_indexer(categories[:, j])
             out[:, j] = np.where(index >= 0, values[np.maximum(index, 0)], enc.target_mean_)
         return out
+
+    def __getstate__(self) -> dict:
+        """Pickled without the lookups ``_encode`` derives from the encoder (registration predicts
+        before it logs the model; versions pickled before this carry ``_lookups`` only)."""
+        return {k: v for k, v in super().__getstate__().items() if k not in ("_lookups", "_tables")}
 
     def _numeric(self, t: dict[str, np.ndarray], fitting: bool) -> tuple[list[str], np.ndarray]:
         with np.errstate(invalid="ignore"):

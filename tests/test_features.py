@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tasador.features import FAST_ROWS, ListingFeatures, typed, typed_by_pandas, typed_by_value
+from tasador.features import DICT_ROWS, FAST_ROWS, ListingFeatures, typed, typed_by_pandas, typed_by_value
 from tasador.schema import FEATURES
 
 
@@ -82,6 +82,9 @@ def test_the_encoder_fitted_on_codes_is_the_encoder_fitted_on_the_values():
     unseen[::3, 1] = "Nowhere|Nowhere"
     assert np.array_equal(on_codes.transform(unseen), on_values.transform(unseen))
 
+ROWS = 24  # rows per generated frame: a frame's columns mix their values' kinds as soon as it has a few
+assert ROWS <= FAST_ROWS
+
 # values as the API hands them over (plain), and odd ones the value-by-value path must leave to pandas
 _plain_numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6))
 _plain_texts = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["Boston", "SOLD", "for_sale", ""]))
@@ -108,7 +111,7 @@ def same_typed(a: dict, b: dict) -> None:
 
 
 @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.fixed_dictionaries(_PLAIN), min_size=1, max_size=FAST_ROWS))
+@given(st.lists(st.fixed_dictionaries(_PLAIN), min_size=1, max_size=ROWS))
 def test_plain_values_are_typed_by_value_exactly_as_pandas_types_them(rows):
     frame = pd.DataFrame(rows, columns=list(FEATURES))
     same_typed(typed_by_value(frame), typed_by_pandas(frame))  # never left to pandas: plain values
@@ -116,7 +119,7 @@ def test_plain_values_are_typed_by_value_exactly_as_pandas_types_them(rows):
 
 @hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.fixed_dictionaries({f: st.one_of(_PLAIN[f], _odd) for f in FEATURES}), min_size=1,
-                max_size=FAST_ROWS))
+                max_size=ROWS))
 def test_any_small_frame_is_typed_as_pandas_types_it(rows):
     frame = pd.DataFrame(rows, columns=list(FEATURES))
     try:
@@ -126,6 +129,37 @@ def test_any_small_frame_is_typed_as_pandas_types_it(rows):
             typed(frame)
         return
     same_typed(typed(frame), by_pandas)
+
+
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries(_PLAIN), min_size=1, max_size=ROWS))
+def test_the_api_columns_are_typed_as_the_same_rows_in_a_frame(rows):
+    """The serving path hands the model a mapping of column lists (no frame per request): typed the
+    same as the frame of those rows."""
+    columns = {f: [r[f] for r in rows] for f in FEATURES}
+    same_typed(typed(columns), typed_by_pandas(pd.DataFrame(rows, columns=list(FEATURES))))
+
+
+def test_small_batches_are_encoded_as_large_ones_and_the_lookups_are_not_pickled():
+    """Up to ``DICT_ROWS`` rows are target-encoded through dicts, more through pandas' index: the same
+    numbers, unseen and missing values included. The lookups are derived, so not pickled; a version
+    pickled with only ``_lookups`` (before the dicts) still transforms."""
+    import pickle
+
+    X, y = listings()
+    features = ListingFeatures().fit(X, y)
+    odd = X.head(6).astype(object)
+    odd.loc[:3, ["city", "zip_code", "brokered_by", "state"]] = ["Nowhere", "99999", None, None]
+    rows = pd.concat([odd, X], ignore_index=True)
+    assert len(rows) > DICT_ROWS
+    whole = features.transform(rows)  # pandas' index
+    for start in range(0, len(rows), DICT_ROWS):
+        part = rows.iloc[start:start + DICT_ROWS]
+        np.testing.assert_array_equal(features.transform(part), whole[start:start + len(part)])
+    copy = pickle.loads(pickle.dumps(features))
+    assert "_tables" not in copy.__dict__ and "_lookups" not in copy.__dict__
+    copy._lookups = [pd.Index(known) for known in copy.encoder_.categories_]  # as versions pickled before
+    np.testing.assert_array_equal(copy.transform(odd), whole[:6])
 
 
 def test_what_the_api_hands_over_takes_the_value_by_value_path():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster import ray_head
 from serve_app.metrics import EXPORTED
 from tasador.settings import PREFIX, Settings
 
@@ -109,6 +110,10 @@ def test_the_rayservice_serves_the_same_application_as_the_local_config():
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
         assert env.get("RAY_SERVE_HAPROXY_NBTHREAD") == str(Settings().serve_haproxy_threads)
+        local = ray_head.node_env(Settings())
+        assert env.get("RAY_SERVE_HAPROXY_METRICS_ENABLED") == local["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["haproxy-metrics"] == 9101  # Ray's default RAY_SERVE_HAPROXY_METRICS_PORT, scraped
 
 
 def test_rayjob_entrypoints_name_job_modules_that_exist_on_the_jobs_cluster():

@@ -116,8 +116,18 @@ def test_model_health_and_docs(serving):
     assert model["metrics"]["rmse"] > 0 and model["batch_ids"] == serving["ds"].batch_ids
     health = requests.get(f"{s.serve}/health", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok", health.json()["problems"]
-    assert requests.get(f"{s.serve}/docs", timeout=10).status_code == 200
-    assert "/predict" in requests.get(f"{s.serve}/openapi.json", timeout=10).json()["paths"]
+    docs = requests.get(f"{s.serve}/docs", timeout=10)
+    assert docs.status_code == 200 and "swagger-ui" in docs.text and "/openapi.json" in docs.text
+    schema = requests.get(f"{s.serve}/openapi.json", timeout=10).json()
+    assert set(schema["paths"]) == {"/predict", "/explain", "/model", "/health", "/admin/reload"}
+    assert "requestBody" in schema["paths"]["/predict"]["post"]
+    # PriceApi routes without FastAPI (serve_app/app.py PRICE_ROUTES): FastAPI's answers off the table
+    missing = requests.get(f"{s.serve}/nowhere", timeout=10)
+    assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+    wrong = requests.get(f"{s.serve}/predict", timeout=10)
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST", wrong.text
+    head = requests.head(f"{s.serve}/health", timeout=10)
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_explain_gives_each_feature_a_contribution_that_adds_up(serving):
@@ -386,7 +396,9 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
         requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
     wanted = {"ray_tasador_requests_total", "ray_tasador_request_latency_ms_bucket", "ray_tasador_model_version",
               "ray_tasador_model_rmse", "ray_tasador_batch_requests_bucket",
-              "ray_tasador_predictions_logged_total"}  # (a counter appears at its first increment)
+              "ray_tasador_predictions_logged_total",  # (a counter appears at its first increment)
+              # Serve's ingress, from HAProxy's own exporter (cluster/prometheus.py): answered and refused
+              'haproxy_frontend_http_responses_total{proxy="http_frontend",code="2xx"} > 0'}
 
     def scraped() -> dict:  # each series now (the version gauge moves with the swaps of earlier tests)
         found = {name: _instant(s, name) for name in wanted}
