@@ -217,10 +217,15 @@ class Chart:
 
 
 _LOGGED = "sum(rate(ray_tasador_predictions_logged_total[1m]))"
+HAPROXY_5XX = 'haproxy_frontend_http_responses_total{proxy="http_frontend",code="5xx"}'
+INGRESS_5XX = "5xx at the ingress (HAProxy: refused when overloaded, or no replica answered)"
 CHARTS = {
     "request rate (req/s)": Chart({"/predict": 'sum(rate(ray_tasador_requests_total{route="/predict"}[1m]))'}),
     "/predict latency (ms)": Chart({"p50": _quantile(0.5), "p95": _quantile(0.95), "p99": _quantile(0.99)}),
-    "errors by kind (req/s)": Chart({"by kind": "sum by (kind) (rate(ray_tasador_request_errors_total[1m]))"}),
+    # the replicas' answers by kind, and what the ingress answered 5xx itself (HAProxy's own exporter:
+    # overload refused before any replica, a replica that never answered)
+    "errors by kind (req/s)": Chart({"by kind": "sum by (kind) (rate(ray_tasador_request_errors_total[1m]))",
+                                     INGRESS_5XX: f"sum(rate({HAPROXY_5XX}[1m]))"}),
     "model version serving": Chart({"version": "max(ray_tasador_model_version)"}, shape="hv"),
     # a counter appears at its first increment: no loss yet is a 0 line while anything is logged
     "prediction log (rows/s)": Chart({"logged": _LOGGED, "lost": "sum(rate(ray_tasador_predictions_lost_total[1m]))"

@@ -25,7 +25,7 @@ import yaml
 
 from bench.common import CLIENT_NICENESS
 from cluster import prometheus, ray_head, serve
-from dashboard.data import CHARTS
+from dashboard.data import CHARTS, INGRESS_5XX
 from serve_app.app import BULK_NICENESS, prediction_ids
 from serve_app.model import RegistryLoader, large_requests_loader
 from serve_app.prediction_log import PredictionLog
@@ -412,6 +412,10 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
     lost = poll(lambda: _instant(s, CHARTS["prediction log (rows/s)"].lines["lost"]), bool, 60,
                 "the lost line's series", every_s=3)
     assert [float(r["value"][1]) for r in lost] == [0.0]
+    # the errors chart's ingress line (HAProxy's exporter): a series, 0 while nothing was refused
+    ingress = poll(lambda: _instant(s, CHARTS["errors by kind (req/s)"].lines[INGRESS_5XX]), bool, 60,
+                   "the ingress 5xx line's series", every_s=3)
+    assert len(ingress) == 1 and float(ingress[0]["value"][1]) >= 0
 
 
 def _instant(s, query: str) -> list[dict]:
