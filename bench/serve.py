@@ -119,7 +119,7 @@ def wait_version(url: str, version: str, timeout_s: float = 60) -> None:
 def hot_swap(settings, body: str, new_version: str, seconds: int = 20, rate: float | None = None) -> dict:
     """Load for ``seconds``, the production alias moved halfway, a light probe (one request at a time,
     niceness 0) timing each request and reading its version. The load: wrk's 64 closed-loop connections
-    (``rate`` None: as much as Serve answers), or hey paced at ``rate`` requests a second. The stall:
+    (``rate`` None: as much as Serve answers), or ``rate`` requests a second, open loop (``open_loop``). The stall:
     the slowest probe request that started from half a second before the move to half a second after
     the first answer from the new version, less the probe's median before the move."""
     url = settings.serve
@@ -139,12 +139,10 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20, rate: flo
         if rate is None:
             load.update(wrk(f"{url}/predict", body, 64, seconds))
             return
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-            f.write(body)
-            f.flush()
-            done = hey(f"{url}/predict", f.name, 32, rate, seconds, CLIENT_NICENESS)
-        load.update(requests=len(done), failed=sum(1 for _, code in done if code != 200),
-                    non_2xx=sum(1 for _, code in done if code != 200), socket_errors={})
+        done = open_loop(f"{url}/predict", body, rate, seconds, CLIENT_NICENESS)
+        failed = sum(1 for _, _, code, _ in done["requests"] if code != 200) + done["unanswered"]
+        load.update(requests=len(done["requests"]) + done["unanswered"], failed=failed, non_2xx=failed,
+                    socket_errors={})
 
     loader = threading.Thread(target=run_load)
     loader.start()
@@ -169,13 +167,23 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20, rate: flo
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}
 
 
-def hey(url: str, body_file: str, workers: int, rate: float | None, seconds: int, niceness: int = 0
-        ) -> list[tuple[float, int]]:
-    """Paced load from ``hey`` (a separate process, at ``niceness``): ``rate`` req/s spread over
-    ``workers`` (None: each worker sends its next request as soon as the last is answered). Returns
-    (seconds, status) per request."""
-    pace = ["-q", f"{rate / workers:.3f}"] if rate else []
-    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(workers), *pace, "-m", "POST",
+def open_loop(url: str, body: str, rate: float, seconds: int, niceness: int = 0) -> dict:
+    """``rate`` requests a second spread evenly over ``seconds``, open loop (``bench.openloop``, a
+    separate process at ``niceness``): its JSON, each request as [due offset, latency from when it was
+    due, status, Retry-After present]."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        f.write(body)
+        f.flush()
+        out = subprocess.run([sys.executable, "-m", "bench.openloop", url, f.name, str(rate), str(seconds)],
+                             capture_output=True, text=True, check=True, preexec_fn=lambda: os.nice(niceness)).stdout
+    return json.loads(out)
+
+
+def hey(url: str, body_file: str, workers: int, seconds: int, niceness: int = 0) -> list[tuple[float, int]]:
+    """Closed-loop load from ``hey`` (a separate process, at ``niceness``): each of ``workers`` sends its
+    next request as soon as the last is answered. Returns (seconds, status) per request. (Not for a
+    rate: hey's paced workers all fire together, bench/openloop.py.)"""
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(workers), "-m", "POST",
                           "-T", "application/json", "-D", body_file, "-t", "120", "-o", "csv", url],
                          capture_output=True, text=True, check=True, preexec_fn=lambda: os.nice(niceness)).stdout
     rows = []
@@ -192,9 +200,10 @@ def p99_ms(values: list[float]) -> float | None:
 
 def overload(settings, one: str, seconds: int) -> dict:
     """The sustainable single-listing rate (half of what closed-loop wrk connections get answered),
-    then four times it: how fast the excess is refused (503 + Retry-After), the p99 of the accepted
-    requests against the p99 at the sustainable rate, and the slowest request of all. Each rate is
-    timed twice: by hey, the load itself, and by a light probe beside it."""
+    then four times it, both open loop (``open_loop``: evenly spread, each request timed from when it
+    was due): how fast the excess is refused (503 + Retry-After), the p99 of the accepted requests
+    against the p99 at the sustainable rate, and the slowest request of all. A light probe beside
+    the load times requests as a client that does not share the server's cores would see them."""
     url = f"{settings.serve}/predict"
     nice = CLIENT_NICENESS  # below what they measure (bench.common)
     # closed loop with as many connections as HAProxy lets reach the two replicas at once (more would
@@ -202,47 +211,44 @@ def overload(settings, one: str, seconds: int) -> dict:
     saturated = wrk(url, one, 2 * settings.serve_replica_maxconn, seconds, nice)["ok_req_s"]
     rate = round(saturated / 2)
 
-    def probe(into: list, retry_after: list):
-        """One light client beside hey, in this process (niceness 0, one request at a time, 5 ms
-        apart): reads the headers of refused requests, and times its requests as a client that
-        does not share the server's cores would see them (hey's workers at Ray's niceness queue
-        behind the replicas for the CPU, and their own run-queue wait is in hey's times)."""
+    def probe(into: list):
+        """One request at a time from this process (niceness 0), 5 ms apart."""
         time.sleep(seconds / 3)
         with requests.Session() as s:
             for _ in range(300):
                 started = time.perf_counter()
                 r = s.post(url, data=one, headers={"Content-Type": "application/json"}, timeout=60)
                 into.append((time.perf_counter() - started, r.status_code))
-                if r.status_code == 503:
-                    retry_after.append(r.headers.get("Retry-After"))
                 time.sleep(0.005)
 
-    def timed(workers: int, offered: float) -> tuple[list, list, list]:
-        probed, retry_after = [], []
-        prober = threading.Thread(target=probe, args=(probed, retry_after))
+    def timed(offered: float) -> tuple[dict, list]:
+        probed = []
+        prober = threading.Thread(target=probe, args=(probed,))
         prober.start()
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
-            body.write(one)
-            body.flush()
-            loaded = hey(url, body.name, workers, offered, seconds, nice)
+        loaded = open_loop(url, one, offered, seconds, nice)
         prober.join()
-        return loaded, probed, retry_after
+        return loaded, probed
 
-    calm, calm_probed, _ = timed(50, rate)
-    loaded, probed, retry_after = timed(256, 4 * rate)
-    ok = [t for t, code in calm if code == 200]
-    accepted = [t for t, code in loaded if code == 200]
-    refused = [t for t, code in loaded if code == 503]
+    calm, calm_probed = timed(rate)
+    loaded, probed = timed(4 * rate)
+    ok = [t for _, t, code, _ in calm["requests"] if code == 200]
+    accepted = [t for _, t, code, _ in loaded["requests"] if code == 200]
+    refused = [(t, retry_after) for _, t, code, retry_after in loaded["requests"] if code == 503]
+    answered = calm["requests"] + loaded["requests"]
     probe_calm = p99_ms([t for t, code in calm_probed if code == 200])
     probe_accepted = p99_ms([t for t, code in probed if code == 200])
     return {"saturated_req_s": saturated, "sustainable_req_s": rate,
-            "sustainable_p99_ms": p99_ms(ok), "sustainable_failed": len(calm) - len(ok),
-            "overload_offered_req_s": 4 * rate, "overload_requests": len(loaded),
-            "overload_accepted": len(accepted), "overload_accepted_p99_ms": p99_ms(accepted),
-            "overload_refused_503": len(refused), "overload_refused_p99_ms": p99_ms(refused),
-            "overload_other_status": len(loaded) - len(accepted) - len(refused),
-            "overload_slowest_ms": round(max(t for t, _ in loaded) * 1000, 1),
-            "refused_with_retry_after": sum(1 for h in retry_after if h), "refused_probed": len(retry_after),
+            "sustainable_p99_ms": p99_ms(ok),
+            "sustainable_failed": len(calm["requests"]) - len(ok) + calm["unanswered"],
+            "overload_offered_req_s": 4 * rate, "overload_requests": len(loaded["requests"]),
+            "overload_accepted": len(accepted), "overload_accepted_req_s": round(len(accepted) / seconds),
+            "overload_accepted_p99_ms": p99_ms(accepted),
+            "overload_refused_503": len(refused), "overload_refused_p99_ms": p99_ms([t for t, _ in refused]),
+            "refused_with_retry_after": sum(1 for _, retry_after in refused if retry_after),
+            "overload_other_status": len(loaded["requests"]) - len(accepted) - len(refused),
+            "unanswered": calm["unanswered"] + loaded["unanswered"],
+            "overload_slowest_ms": round(max(t for _, t, _, _ in answered) * 1000, 1),
+            "load_lag_p99_ms": max(calm["lag_p99_ms"] or 0, loaded["lag_p99_ms"] or 0),
             "probe_sustainable_p99_ms": probe_calm,
             "probe_refused_p99_ms": p99_ms([t for t, code in probed if code == 503]),
             "probe_accepted_p99_ms": probe_accepted,
@@ -274,7 +280,7 @@ def large_requests(settings, one: str, rows: list[dict], seconds: int) -> dict:
     def measure(big_file: str | None) -> tuple[dict, int]:
         stop, big_done = threading.Event(), []
         senders = [threading.Thread(target=lambda: big_done.extend(hey(
-            f"{settings.serve}/predict", big_file, 2, None, seconds, CLIENT_NICENESS)))] if big_file else []
+            f"{settings.serve}/predict", big_file, 2, seconds, CLIENT_NICENESS)))] if big_file else []
         for t in senders:
             t.start()
         out = {}

@@ -6,7 +6,8 @@ included. For the GCS or the raylet that is right (the node cannot work without 
 dashboard (the Jobs and Serve REST APIs, the web UI) it turns a lost web process into lost
 predictions. Ray 2.60 has no option for it, so this entrypoint runs Ray's own CLI with one method
 wrapped: a dead dashboard is started again, the way the node started it (``Node.start_api_server``:
-same host, port, logs and GCS address) and is not reported as dead. Everything else, the ordered
+same host, port, logs and GCS address) and is not reported as dead. The same once-a-second call puts
+the node's dashboard agent at the lowest CPU priority (``AgentPriority``). Everything else, the ordered
 shutdown on SIGTERM included, is Ray's.
 
 Run as ``python -m cluster.ray_supervisor start --head --block ...`` (the arguments of ``ray``; the
@@ -18,14 +19,18 @@ dashboard under load and fails if this wrapping stops working.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import sys
 import time
 
+import psutil
 from ray._private import ray_constants
 from ray._private.node import Node
+
+from serve_app.priority import renice
 
 DASHBOARD = ray_constants.PROCESS_TYPE_DASHBOARD
 _ray_dead_processes = Node.dead_processes
@@ -51,6 +56,50 @@ def dead_processes_restarting_dashboard(node: Node) -> list:
     return [(kind, p) for kind, p in dead if not any(p is restarted for restarted in dashboards)]
 
 
+# Ray's dashboard agent at the lowest priority, below the replicas (Ray's worker niceness, 15). Every
+# 10 s it takes the node's metrics from every worker and replays each histogram observation one by one
+# into OpenTelemetry (ray-project/ray#64852): at 1,300 requests a second, 0.5-1 s of 70-90% of a core,
+# at the priority of the raylet that started it (0). The replicas lost their core to it: requests
+# waited up to 150 ms, and a few were refused at half the sustainable rate (bench.openloop over 40 s,
+# docs/benchmarks.md). It serves Prometheus' scrapes and Ray's job agent, neither in a request's path.
+AGENT_NICENESS = 19
+AGENT_SEARCH_S = 10.0
+
+
+class AgentPriority:
+    """Puts the node's dashboard agent (a child of the raylet) at ``AGENT_NICENESS`` once it is found;
+    looks again, at most every ``AGENT_SEARCH_S``, while there is none or after it has gone."""
+
+    def __init__(self):
+        self.pid: int | None = None
+        self.searched_at = -AGENT_SEARCH_S
+
+    def __call__(self, node: Node) -> None:
+        if self.pid is not None and psutil.pid_exists(self.pid):
+            return
+        if time.monotonic() - self.searched_at < AGENT_SEARCH_S:
+            return
+        self.searched_at, self.pid = time.monotonic(), None
+        raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) or []
+        for raylet in raylets:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(raylet.process.pid).children():
+                    with contextlib.suppress(psutil.Error):
+                        if any("DashboardAgent" in part or "dashboard/agent.py" in part for part in child.cmdline()):
+                            renice(AGENT_NICENESS, child.pid)
+                            self.pid = child.pid
+
+
+lower_agent_priority = AgentPriority()
+
+
+def supervise(node: Node) -> list:
+    """What ``ray start --block`` calls every second: the dead daemons (a dead dashboard restarted),
+    after putting the dashboard agent at its priority."""
+    lower_agent_priority(node)
+    return dead_processes_restarting_dashboard(node)
+
+
 KUBERAY_COMMAND_ENV = "KUBERAY_GEN_RAY_START_CMD"
 
 
@@ -68,7 +117,7 @@ def ray_arguments(argv: list[str], env: dict[str, str]) -> list[str]:
 
 def main() -> None:
     arguments = ray_arguments(sys.argv[1:], dict(os.environ))
-    Node.dead_processes = dead_processes_restarting_dashboard
+    Node.dead_processes = supervise
     from ray.scripts.scripts import main as ray_main
 
     sys.argv = ["ray", *arguments]

@@ -7,15 +7,15 @@ from __future__ import annotations
 from ray.serve import metrics
 
 LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 10_000]
 
 # the names Prometheus sees (Grafana dashboards and the Dash app query these)
 EXPORTED = {
     "requests": "ray_tasador_requests_total",
     "latency": "ray_tasador_request_latency_ms",
     "errors": "ray_tasador_request_errors_total",
-    "batch_size": "ray_tasador_batch_requests",
-    "rows": "ray_tasador_batch_rows",
+    "batches": "ray_tasador_batches_total",
+    "batched_requests": "ray_tasador_batched_requests_total",
+    "batch_rows": "ray_tasador_batch_rows_total",
     "model_version": "ray_tasador_model_version",
     "model_rmse": "ray_tasador_model_rmse",
     "load_failures": "ray_tasador_model_load_failures_total",
@@ -41,10 +41,15 @@ class ApiMetrics:
 
 class ModelMetrics:
     def __init__(self):
-        self.batch_size = metrics.Histogram("tasador_batch_requests", description="Requests per @serve.batch call.",
-                                            boundaries=SIZES)
-        self.rows = metrics.Histogram("tasador_batch_rows", description="Listings priced per batch call.",
-                                      boundaries=SIZES)
+        # counters, not histograms of the batch sizes: Ray's metrics agent replays every observation of a
+        # histogram one by one every 10 s (ray-project/ray#64852), at the priority of the node's daemons;
+        # two per model call were a third of what it replayed under load, and its bursts stalled the
+        # replicas (docs/benchmarks.md). The mean sizes are the counters' ratios.
+        self.batches = metrics.Counter("tasador_batches",
+                                       description="Model calls (a batch, or a request priced alone).")
+        self.batched_requests = metrics.Counter("tasador_batched_requests",
+                                                description="Requests priced by those calls.")
+        self.batch_rows = metrics.Counter("tasador_batch_rows", description="Listings priced by those calls.")
         self.version = metrics.Gauge("tasador_model_version", description="The registry version being served.")
         self.rmse = metrics.Gauge("tasador_model_rmse",
                                   description="Held-out RMSE (dollars) of the version being served.")

@@ -332,8 +332,9 @@ class ProductionModel:
         # a PriceModel takes the columns as they are (no frame per call: tasador/features.py typed)
         rows = columns if isinstance(current.model, PriceModel) else pd.DataFrame(columns, columns=list(FEATURES))
         prices = np.asarray(current.model.predict(rows), dtype=float)
-        self.metrics.batch_size.observe(len(requests))
-        self.metrics.rows.observe(sum(sizes))
+        self.metrics.batches.inc()
+        self.metrics.batched_requests.inc(len(requests))
+        self.metrics.batch_rows.inc(sum(sizes))
         bounds = np.cumsum([0, *sizes])
         return [self._answer(current, prices[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 

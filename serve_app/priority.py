@@ -20,9 +20,15 @@ STARTING_NICENESS = 0  # RAY_worker_niceness of the Serve applications' runtime 
 
 
 def serve_at(niceness: int = RAY_WORKER_NICENESS) -> None:
-    """The end of a replica's start: every thread of this process at ``niceness``. Threads started
-    later inherit it from the thread that starts them."""
-    for tid in os.listdir("/proc/self/task"):
-        # raising a priority needs CAP_SYS_NICE; a thread may have ended
-        with contextlib.suppress(PermissionError, ProcessLookupError):
-            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+    """The end of a replica's start: every thread of this process at ``niceness``."""
+    renice(niceness)
+
+
+def renice(niceness: int, pid: int | None = None) -> None:
+    """Every thread of process ``pid`` (default: this one) at ``niceness`` (Linux keeps a niceness per
+    thread). Threads started later inherit it from the thread that starts them."""
+    with contextlib.suppress(FileNotFoundError):  # the process has ended
+        for tid in os.listdir(f"/proc/{pid or 'self'}/task"):
+            # raising a priority needs CAP_SYS_NICE; a thread may have ended
+            with contextlib.suppress(PermissionError, ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, int(tid), niceness)

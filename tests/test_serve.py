@@ -395,7 +395,7 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
     for _ in range(5):
         requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
     wanted = {"ray_tasador_requests_total", "ray_tasador_request_latency_ms_bucket", "ray_tasador_model_version",
-              "ray_tasador_model_rmse", "ray_tasador_batch_requests_bucket",
+              "ray_tasador_model_rmse", "ray_tasador_batches_total", "ray_tasador_batch_rows_total",
               "ray_tasador_predictions_logged_total",  # (a counter appears at its first increment)
               # Serve's ingress, from HAProxy's own exporter (cluster/prometheus.py): answered and refused
               'haproxy_frontend_http_responses_total{proxy="http_frontend",code="2xx"} > 0'}
