@@ -14,6 +14,7 @@ vectorised call; every answer names the version that produced it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -148,10 +149,12 @@ class RegistryLoader:
         name = self.settings.model_name
         mv = self.client.get_model_version(name, version)
         with tracking_server(self.settings):  # a models:/ URI resolves through the tracking server
-            model = mlflow.sklearn.load_model(self._local_copy(mv))
-        set_threads(model.regressor, SERVING_THREADS)  # whatever the version was pickled with
-        compiled_ = compiled.attach_at_load(model) if self.small_requests else {
-            "compiled": False, "why": "this deployment prices large requests only: XGBoost"}
+            local = self._local_copy(mv)
+            with self._one_load_per_node():
+                model = mlflow.sklearn.load_model(local)
+            set_threads(model.regressor, SERVING_THREADS)  # whatever the version was pickled with
+            compiled_ = compiled.attach_at_load(model) if self.small_requests else {
+                "compiled": False, "why": "this deployment prices large requests only: XGBoost"}
         tags = mv.tags
         metrics_ = {k.removeprefix("metric_"): float(v) for k, v in tags.items() if k.startswith("metric_")}
         info = {"name": name, "version": version, "family": tags.get("family", getattr(model, "family", "")),
@@ -160,6 +163,25 @@ class RegistryLoader:
                 "trigger_reason": tags.get("trigger_reason"), "promotion_reason": tags.get("promotion_reason"),
                 "run_id": mv.run_id, "compiled": compiled_}
         return LoadedModel(version, model, info)
+
+    @contextlib.contextmanager
+    def _one_load_per_node(self):
+        """One version loads at a time on a node. A load holds its replica's GIL for about a second
+        (unpickling; compiling the trees for small requests), and the replica answers at about half
+        speed meanwhile. When both ingress replicas loaded at once, the node did for that second, and
+        an open-loop load at half the sustainable rate had requests refused at every swap (38 of 25,542,
+        bench.serve); one at a time, the other replica takes the traffic (HAProxy's leastconn). The
+        node's other replicas wait for the lock (a second or two each): the new version serves from
+        the first replica that has it. No writable state directory: no lock."""
+        try:
+            (self.settings.state_path / "model-cache" / ".locks").mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = open(self.settings.state_path / "model-cache" / ".locks" / "loading", "w")  # noqa: SIM115
+        except OSError:
+            yield
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _local_copy(self, mv) -> str:
         """The version's artifacts on this node's disk, downloaded once per node: a replica that replaces
