@@ -60,7 +60,7 @@ def dead_processes_restarting_dashboard(node: Node) -> list:
 # 10 s it takes the node's metrics from every worker and replays each histogram observation one by one
 # into OpenTelemetry (ray-project/ray#64852): at 1,300 requests a second, 0.5-1 s of 70-90% of a core,
 # at the priority of the raylet that started it (0). The replicas lost their core to it: requests
-# waited up to 150 ms, and a few were refused at half the sustainable rate (bench.openloop over 40 s,
+# waited up to 150 ms, and 27 were refused at a third of the saturated rate (bench.openloop over 40 s,
 # docs/benchmarks.md). It serves Prometheus' scrapes and Ray's job agent, neither in a request's path.
 AGENT_NICENESS = 19
 AGENT_SEARCH_S = 10.0
