@@ -103,6 +103,8 @@ class Pool:
         self.open -= 1
         if conn in self.idle:
             self.idle.remove(conn)
+        if self.waiting:  # a request due while every connection was busy: on a new one
+            self.send(self.waiting.popleft())
 
     def send(self, due: float) -> None:
         if self.idle:
