@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 
 import pandas as pd
+import pyarrow as pa
 from psycopg2 import sql
 
 from bench.common import parser, private_stack, report, timer
@@ -39,8 +40,9 @@ def fill(settings, rows: int) -> int:
     clean = mark_duplicates(clean_frame(raw, settings.clean_price_min, settings.clean_price_max))
     clean = clean[clean["reason"].isna()][list(CLEAN_COLUMNS)]
     step = int(clean["raw_id"].max())
+    with db.arrow_transaction(settings.clean_db) as cur:
+        db.copy_arrow(cur, "listings", pa.Table.from_pandas(clean, preserve_index=False))
     with db.transaction(settings.clean_db) as cur:
-        db.copy_frame(cur, "listings", clean)
         copies = 1
         columns = [c for c in CLEAN_COLUMNS if c not in ("raw_id", "property_id")]
         while copies * len(clean) < rows:  # doubling, new raw ids and properties each time

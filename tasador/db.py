@@ -12,7 +12,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 
 import psycopg2
 import psycopg2.extensions
@@ -293,19 +293,43 @@ class CsvRows:
             self.buf.truncate()
 
 
-def copy_frame(cur, table: str, df) -> int:
-    """COPY a pandas DataFrame or an Arrow table (its columns are the table's) into ``table``, rendered
-    by Arrow's CSV writer: missing values are written unquoted-empty (NULL), strings always quoted."""
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
+@contextmanager
+def arrow_transaction(url: str, attempts: int = 30) -> Iterator:
+    """One ADBC connection, one transaction, for writing Arrow tables by binary COPY (``copy_arrow``):
+    committed on success, rolled back on any exception (a rollback that fails too, the server being
+    gone, leaves the first error to be raised). Statements take ``$1``-style parameters. Connecting is
+    retried while the server starts or restarts, as ``connect`` does; no lock is waited for longer
+    than ``LOCK_TIMEOUT_MS``."""
+    import adbc_driver_postgresql.dbapi as adbc
 
-    rows = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
-    buf = io.BytesIO()
-    pa_csv.write_csv(rows, buf, pa_csv.WriteOptions(include_header=False))
-    buf.seek(0)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(sql.Identifier(table),
-                                                                         identifiers(rows.column_names))
-    cur.copy_expert(statement.as_string(cur), buf)
+    conn = retrying(f"database {_safe(url)} not reachable", attempts, tenacity.wait_fixed(1.0), _adbc_transient,
+                    log)(adbc.connect, url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('lock_timeout', $1, true)", parameters=(f"{LOCK_TIMEOUT_MS}ms",))
+            cur.fetchall()
+            yield cur
+        conn.commit()
+    except BaseException:
+        with suppress(Exception):
+            conn.rollback()
+        raise
+    finally:
+        with suppress(Exception):
+            conn.close()
+
+
+def copy_arrow(cur, table: str, rows) -> int:
+    """Append the Arrow table ``rows`` (its columns are some of ``table``'s) to ``table`` by binary COPY
+    (ADBC's ``adbc_ingest``), in ``arrow_transaction``'s transaction: no text rendered by the client or
+    parsed by the server (a 230k-row clean batch: 0.63-0.67 s, as CSV 0.93-0.99 s). Binary COPY takes
+    each value in the column's exact type, so the rows are cast to the table's (float64 -> real for
+    bed and bath) first."""
+    import pyarrow as pa
+
+    columns = {f.name: f.type for f in cur.connection.adbc_get_table_schema(table)}
+    target = pa.schema([pa.field(name, columns[name]) for name in rows.column_names])
+    cur.adbc_ingest(table, rows.cast(target), mode="append")
     return rows.num_rows
 
 
@@ -325,7 +349,6 @@ def read_arrow(url: str, query: str | sql.Composable, attempts: int = 30, delay_
     ``sql.Literal``, names as ``sql.Identifier``) is rendered by psycopg2 first, on a connection of
     its own; Ray Data's read tasks pass text rendered once by their driver. Connecting is retried
     while the server is starting or restarting, as ``connect`` does."""
-    import adbc_driver_manager
     import adbc_driver_postgresql.dbapi as adbc
 
     if isinstance(query, sql.Composable):
@@ -337,12 +360,16 @@ def read_arrow(url: str, query: str | sql.Composable, attempts: int = 30, delay_
             cur.execute(query)
             return cur.fetch_arrow_table()
 
-    def transient(exc: BaseException) -> bool:
-        return (isinstance(exc, adbc_driver_manager.OperationalError)
-                and not any(words in str(exc) for words in AUTH_REFUSED))
-
-    return retrying(f"database {_safe(url)} not reachable", attempts, tenacity.wait_fixed(delay_s), transient,
+    return retrying(f"database {_safe(url)} not reachable", attempts, tenacity.wait_fixed(delay_s), _adbc_transient,
                     log)(fetch)
+
+
+def _adbc_transient(exc: BaseException) -> bool:
+    """An ADBC failure that retrying may fix: the server not reachable, but not a refused login."""
+    import adbc_driver_manager
+
+    return (isinstance(exc, adbc_driver_manager.OperationalError)
+            and not any(words in str(exc) for words in AUTH_REFUSED))
 
 
 def identifiers(names: Iterable[str]) -> sql.Composable:
