@@ -89,7 +89,7 @@ def auth_config(settings: Settings) -> Path:
         f"database_uri = sqlite:///{settings.state_path / 'mlflow-auth.db'}",
         f"admin_username = {username}", f"admin_password = {password}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        # a password check is PBKDF2 (~0.3 s of CPU); every replica reads the alias each second:
+        # a password check is scrypt (~0.1 s of CPU); the serving nodes read the alias each second:
         # checked once per worker and user a minute (passwords change only with a restart here)
         "auth_cache_ttl_seconds = 60", ""]))
     return path
