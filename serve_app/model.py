@@ -61,6 +61,22 @@ class RegistryUnreachable(RuntimeError):
     """The node's last read of the alias failed (raised in the replicas that share that read)."""
 
 
+@contextlib.contextmanager
+def node_lock(path: Path):
+    """An exclusive lock on the file ``path``, shared by every process of the node (``flock``), held for
+    the block. Yields None while held, or the ``OSError`` that kept it from being taken (no writable
+    state directory): the caller then does its work alone, as it says."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = open(path, "w")  # noqa: SIM115 (held across the block)
+    except OSError as exc:
+        yield exc
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield None
+
+
 class NodeAliasRead:
     """The production alias, read from the registry at most once per ``max_age_s`` by all the replicas
     of a node together: the reading (version or error, and when) is a small file beside the model
@@ -81,13 +97,9 @@ class NodeAliasRead:
         max_age_s = self.max_age_s if max_age_s is None else max_age_s
         reading = self._reading(max_age_s)
         if reading is None:
-            try:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                lock = open(self.lock_path, "w")  # noqa: SIM115 (held across the read)
-            except OSError:
-                return self.read()
-            with lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with node_lock(self.lock_path) as unlocked:
+                if unlocked:
+                    return self.read()
                 reading = self._reading(max_age_s) or self._read_and_share()
         if "error" in reading:
             raise RegistryUnreachable(reading["error"])
@@ -150,7 +162,14 @@ class RegistryLoader:
         mv = self.client.get_model_version(name, version)
         with tracking_server(self.settings):  # a models:/ URI resolves through the tracking server
             local = self._local_copy(mv)
-            with self._one_load_per_node():
+            # One version loads at a time on a node. A load holds its replica's GIL for about a second
+            # (unpickling; compiling the trees for small requests), and the replica answers at about
+            # half speed meanwhile. When both ingress replicas loaded at once, the node did for that
+            # second, and an open-loop load at half the sustainable rate had requests refused at every
+            # swap (38 of 25,542, bench.serve); one at a time, the other replica takes the traffic
+            # (HAProxy's leastconn). The node's other replicas wait for the lock (a second or two
+            # each): the new version serves from the first replica that has it.
+            with node_lock(self.settings.state_path / "model-cache" / ".locks" / "loading"):
                 model = mlflow.sklearn.load_model(local)
             set_threads(model.regressor, SERVING_THREADS)  # whatever the version was pickled with
             compiled_ = compiled.attach_at_load(model) if self.small_requests else {
@@ -163,25 +182,6 @@ class RegistryLoader:
                 "trigger_reason": tags.get("trigger_reason"), "promotion_reason": tags.get("promotion_reason"),
                 "run_id": mv.run_id, "compiled": compiled_}
         return LoadedModel(version, model, info)
-
-    @contextlib.contextmanager
-    def _one_load_per_node(self):
-        """One version loads at a time on a node. A load holds its replica's GIL for about a second
-        (unpickling; compiling the trees for small requests), and the replica answers at about half
-        speed meanwhile. When both ingress replicas loaded at once, the node did for that second, and
-        an open-loop load at half the sustainable rate had requests refused at every swap (38 of 25,542,
-        bench.serve); one at a time, the other replica takes the traffic (HAProxy's leastconn). The
-        node's other replicas wait for the lock (a second or two each): the new version serves from
-        the first replica that has it. No writable state directory: no lock."""
-        try:
-            (self.settings.state_path / "model-cache" / ".locks").mkdir(mode=0o700, parents=True, exist_ok=True)
-            lock = open(self.settings.state_path / "model-cache" / ".locks" / "loading", "w")  # noqa: SIM115
-        except OSError:
-            yield
-            return
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
     def _local_copy(self, mv) -> str:
         """The version's artifacts on this node's disk, downloaded once per node: a replica that replaces
@@ -197,16 +197,12 @@ class RegistryLoader:
         final = root / f"{mv.name}-v{mv.version}-{key.hexdigest()[:16]}"
         if final.is_dir():
             return str(final)
-        try:
-            (root / ".locks").mkdir(mode=0o700, parents=True, exist_ok=True)
-            lock = open(root / ".locks" / final.name, "w")  # noqa: SIM115 (held across the download)
-        except OSError as exc:
-            log.warning("no model cache at %s (%s): loading %s from the registry", root, exc, uri)
-            return uri
         # one download per node: the node's other replicas (the other PriceApi, the explainer, the bulk
         # pricer) wait for it instead of each fetching the same files from MLflow at the same moment
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with node_lock(root / ".locks" / final.name) as unlocked:
+            if unlocked:
+                log.warning("no model cache at %s (%s): loading %s from the registry", root, unlocked, uri)
+                return uri
             if final.is_dir():
                 return str(final)
             staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
