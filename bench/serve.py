@@ -150,7 +150,7 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20, rate: flo
     probe_thread.start()
     time.sleep(seconds / 2)
     moved = time.monotonic()
-    registry.mlflow_client(settings).set_registered_model_alias(settings.model_name, PRODUCTION, new_version)
+    asked = registry.move_production_alias(settings, registry.mlflow_client(settings), new_version)  # as promotions do
     loader.join()
     stop.set()
     probe_thread.join()
@@ -161,7 +161,7 @@ def hot_swap(settings, body: str, new_version: str, seconds: int = 20, rate: flo
             "swap_load_requests": load["requests"] + len(probe),
             "swap_probe_failed": sorted({str(p[2]) for p in probe if p[2] != 200}),
             "swap_load_non_2xx": load["non_2xx"], "swap_load_socket_errors": load["socket_errors"],
-            "swap_delay_s": round(switched - moved, 3) if switched else None,
+            "swap_delay_s": round(switched - moved, 3) if switched else None, "swap_reload_answer": asked.get("status"),
             "swap_slowest_probe_ms": round(max(around) * 1000, 1) if around else None,
             "swap_stall_ms": round((max(around) - float(np.median(before))) * 1000, 1) if around and before else None,
             "swap_probe_p99_ms": round(float(np.percentile([d for _, d, _, _ in probe], 99)) * 1000, 1)}

@@ -195,8 +195,11 @@ def rollback(version: Annotated[str, typer.Argument(help="an earlier production 
     if done["status"] == "already_production":
         out.print(f"v{done['version']} is production already: nothing moved.")
     else:
-        out.print(f"Production is v{done['version']} (was v{done['previous_version']}); replicas follow within "
-                  f"{settings.serve_poll_s:g}s. Reason recorded: {done['reason']}", highlight=False)
+        serving = done["serving"] or {}
+        follows = (f"serving answered with v{serving['version']}" if serving.get("version") == done["version"] else
+                   f"replicas follow within {settings.serve_registry_poll_s:g}s ({serving.get('status', 'not asked')})")
+        out.print(f"Production is v{done['version']} (was v{done['previous_version']}); {follows}. "
+                  f"Reason recorded: {done['reason']}", highlight=False)
 
 
 @app.command()

@@ -2,9 +2,10 @@
 
 ``ProductionModel`` runs in each replica of every deployment (the ingress prices /predict and explains a
 few listings with it; ``PriceModelServer`` explains more, ``BulkPricer`` prices large bodies). Each
-checks the alias every ``serve_poll_s`` (and at once on an admin reload); the replicas of a node share
-one registry read per period (``NodeAliasRead``). A new version is loaded and checked beside the one
-serving; only then does one reference assignment switch to it, so no request waits and none fails. A
+checks the alias every ``serve_poll_s`` (and at once on an admin reload, which a promotion or rollback
+sends); the replicas of a node share one registry read per ``serve_registry_poll_s``
+(``NodeAliasRead``). A new version is loaded and checked beside the one serving; only then does one
+reference assignment switch to it, so no request waits and none fails. A
 version that fails to load or to predict a sane price never replaces a working one: the error shows in
 ``info()`` (and /health) and in the load-failure metric, and the version is retried after
 ``RETRY_FAILED_S``. The ingress batches requests (``@serve.batch``); a batch is priced with one
@@ -142,7 +143,7 @@ class RegistryLoader:
         where = hashlib.sha256(f"{settings.mlflow_uri}\0{settings.model_name}".encode()).hexdigest()[:16]
         self.alias = NodeAliasRead(settings.state_path / "model-cache" / f".production-alias-{where}.json",
                                    lambda: production_version(self.client, settings.model_name),
-                                   settings.serve_poll_s)
+                                   settings.serve_registry_poll_s)
         # imported here, before the replica serves: the first version's load would otherwise import
         # MLflow's sklearn flavour, scikit-learn and XGBoost (seconds of CPU on a busy node, holding the
         # GIL and the import locks) while requests wait on the same process
@@ -152,7 +153,7 @@ class RegistryLoader:
         import tasador.features  # noqa: F401
 
     def production_version(self, max_age_s: float | None = None) -> str | None:
-        """The alias's version, read by this node at most ``max_age_s`` ago (default ``serve_poll_s``)."""
+        """The alias's version, read by this node at most ``max_age_s`` ago (default ``serve_registry_poll_s``)."""
         return self.alias(max_age_s)
 
     def load(self, version: str) -> LoadedModel:

@@ -4,8 +4,10 @@ is answered from the project's own records; an operator's rollback; and a predic
 version that priced it, that version's run, batches, rows and data hash, the decision that triggered
 its training, and sample raw rows of those batches).
 
-``moved_at`` is when the move was recorded, just after the alias moved; replicas follow the alias
-within their poll interval (``serve_poll_s``), so "served at T" is exact to that interval.
+``moved_at`` is when the move was recorded, just after the alias moved and serving was asked to follow
+(``registry.move_production_alias``: the answering replica loads the version before the record; the rest
+follow within ``serve_poll_s``, or ``serve_registry_poll_s`` when serving was not reached), so "served at
+T" is exact to that interval.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 from datetime import datetime
 
 from tasador import db, decisions, locks
-from tasador.registry import PRODUCTION, mlflow_client, production
+from tasador.registry import mlflow_client, move_production_alias, production
 from tasador.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,9 @@ def rollback(settings: Settings, version: str, reason: str) -> dict:
         if current is not None and current.version == version and last == version:
             return {"status": "already_production", "version": version, "previous_version": version}
         previous = last if current is None or current.version == version else current.version
-        client = mlflow_client(settings)
+        client, serving = mlflow_client(settings), None
         if current is None or current.version != version:
-            client.set_registered_model_alias(settings.model_name, PRODUCTION, version)
+            serving = move_production_alias(settings, client, version)
         client.set_model_version_tag(settings.model_name, version, "rollback_reason", reason)
         if previous is not None:
             client.set_model_version_tag(settings.model_name, previous, "rolled_back_to", f"v{version}: {reason}")
@@ -85,7 +87,7 @@ def rollback(settings: Settings, version: str, reason: str) -> dict:
             moved_at = cur.fetchone()[0]
     log.info("rolled back to v%s (from v%s): %s", version, previous, reason)
     return {"status": "rolled_back", "version": version, "previous_version": previous, "reason": reason,
-            "moved_at": moved_at}
+            "moved_at": moved_at, "serving": serving}
 
 
 def lineage(settings: Settings, prediction_id: str, sample_rows: int = 3) -> dict:

@@ -22,7 +22,7 @@ from psycopg2.extras import Json
 
 from tasador import db, faults, locks
 from tasador.models import price_metrics, threads_for_batch_work
-from tasador.registry import PRODUCTION, mlflow_client, production, tracking_server
+from tasador.registry import PRODUCTION, mlflow_client, move_production_alias, production, tracking_server
 from tasador.schema import FEATURES
 from tasador.settings import Settings
 from tasador.training import Phases, load_dataset
@@ -122,11 +122,11 @@ def promote_training(settings: Settings, training_id: int) -> dict:
             resumed, phases = False, judged.get("phases_s", {})
         else:
             resumed = True  # a crashed run recorded the verdict: finish applying it
-        _apply(settings, version, row, training_id)
+        serving = _apply(settings, version, row, training_id)
     log.info("v%s %s: %s (judged in %s)", version, row["verdict"], row["promotion_reason"], phases)
     return {"job": "promote", "status": row["verdict"], "version": version, "training_id": training_id,
             "previous_production": row["previous_production"], "reason": row["promotion_reason"],
-            "scores": row["promotion_scores"], "resumed": resumed, "phases_s": phases}
+            "scores": row["promotion_scores"], "resumed": resumed, "phases_s": phases, "serving": serving}
 
 
 def promote(settings: Settings, version: str) -> dict:
@@ -134,20 +134,22 @@ def promote(settings: Settings, version: str) -> dict:
     with locks.writer_lock(settings, locks.model(settings.model_name), "promote"):
         row = judge(settings, version)
         row = {"version": version, "promotion_reason": row.pop("reason"), "promotion_scores": row.pop("scores"), **row}
-        _apply(settings, version, row, None)
+        serving = _apply(settings, version, row, None)
     return {"job": "promote", "status": row["verdict"], "version": version, "reason": row["promotion_reason"],
-            "previous_production": row["previous_production"], "scores": row["promotion_scores"]}
+            "previous_production": row["previous_production"], "scores": row["promotion_scores"], "serving": serving}
 
 
-def _apply(settings: Settings, version: str, row: dict, training_id: int | None) -> None:
+def _apply(settings: Settings, version: str, row: dict, training_id: int | None) -> dict | None:
     """Move the alias (when promoted and not there yet), tag the version, record the outcome: each
-    write idempotent, in this order, so a re-run completes a crashed one."""
+    write idempotent, in this order, so a re-run completes a crashed one. Returns what serving answered
+    when asked to follow the move (None: nothing moved)."""
     promoted = row["verdict"] == "promoted"
     faults.point("promote.before_alias", settings)
     client = mlflow_client(settings)
     current = production(settings)
+    serving = None
     if promoted and (current is None or current.version != version):
-        client.set_registered_model_alias(settings.model_name, PRODUCTION, version)
+        serving = move_production_alias(settings, client, version)
     faults.point("promote.after_alias", settings)
     tags = {"promotion": row["verdict"], "promotion_reason": row["promotion_reason"],
             "promotion_scores": json.dumps(row["promotion_scores"] or {})}
@@ -164,6 +166,7 @@ def _apply(settings: Settings, version: str, row: dict, training_id: int | None)
                         " VALUES (%s, %s, %s, 'promotion', %s, %s) ON CONFLICT (training_id) DO NOTHING",
                         (settings.model_name, version, row["previous_production"], row["promotion_reason"],
                          training_id))
+    return serving
 
 
 def _training(settings: Settings, training_id: int) -> dict:

@@ -4,6 +4,7 @@ and the tags every version carries (batches, family, metrics, decision and reaso
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ MLFLOW_AUTH_ENV = {"MLFLOW_TRACKING_AUTH": "tasador-file"}
 # this process's identity file, set by use_identity (deliberately not a setting: a value set here must
 # never become the settings of another stack this process starts)
 IDENTITY_FILE_ENV = MLFLOW_IDENTITY_FILE_ENV
+# how long a promotion waits for serving to answer its reload: one replica's load of the new version
+SERVING_RELOAD_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def client_env(settings: Settings, identity: str) -> dict[str, str]:
@@ -134,6 +139,33 @@ def production(settings: Settings) -> Production | None:
     if mv is None:
         return None
     return Production(mv.version, mv.run_id, json.loads(mv.tags.get("batch_ids", "[]")), dict(mv.tags))
+
+
+def move_production_alias(settings: Settings, client, version: str) -> dict:
+    """Point the ``production`` alias at ``version``, then ask serving to follow at once: POST
+    ``/admin/reload`` with the admin token. The replica that answers reads the alias and loads the version
+    before it answers, and shares its reading with its node's other replicas (they follow within
+    ``serve_poll_s``); nodes the request does not reach read the registry within ``serve_registry_poll_s``.
+    Serving that is down, or a stack without the token, follows on its own poll: what serving answered (or
+    why not) is returned, never raised, as the alias has moved."""
+    client.set_registered_model_alias(settings.model_name, PRODUCTION, version)
+    import requests
+
+    try:
+        token = settings.serve_admin_token_path.read_text().strip()
+    except OSError as exc:
+        return {"status": "not_asked", "error": f"no admin token: {type(exc).__name__}"}
+    try:
+        resp = requests.post(f"{settings.serve}/admin/reload", headers={"Authorization": f"Bearer {token}"},
+                             timeout=(3.0, SERVING_RELOAD_TIMEOUT_S))
+        answer = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    except requests.RequestException as exc:
+        log.info("serving was not told of v%s (%s): it follows within %gs", version, type(exc).__name__,
+                 settings.serve_registry_poll_s)
+        return {"status": "not_answered", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    if resp.status_code != 200:
+        return {"status": "refused", "http_status": resp.status_code, "error": answer.get("detail")}
+    return {key: answer.get(key) for key in ("status", "version", "previous", "error")}
 
 
 def version_for_training(settings: Settings, training_id: int) -> str | None:

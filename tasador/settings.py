@@ -118,7 +118,11 @@ class Settings(BaseSettings):
     # the file holding the secret for POST /admin/reload (read at each call: replace it to rotate);
     # empty: <state>/secrets/serve-admin-token, made 0600 by `tasador up`
     serve_admin_token_file: str = ""
-    serve_poll_s: float = 1.0  # how often each model replica checks the production alias
+    serve_poll_s: float = 1.0  # how often each model replica checks its node's reading of the production alias
+    # how often a serving node reads the alias from the registry (one read for all its replicas). A
+    # promotion or rollback asks serving to read it at once (registry.move_production_alias), so this
+    # bounds only how soon serving follows a move made elsewhere (MLflow's UI, another client)
+    serve_registry_poll_s: float = 5.0
     serve_max_listings: int = 10_000  # per request
     serve_max_explain: int = 100  # listings per /explain request
     serve_batch_max_size: int = 64  # requests combined by @serve.batch

@@ -212,8 +212,11 @@ def test_ray_clusters_take_their_token_from_a_secret():
     (service,) = by_kind("RayService")
     for spec in (jobs["spec"], service["spec"]["rayClusterConfig"]):
         assert spec["authOptions"] == {"mode": "token", "secretName": "tasador-ray-token"}
-    mounts = [m for c in containers(service) for m in c.get("volumeMounts", [])]
-    assert {m["mountPath"] for m in mounts if m["name"] == "serve-admin-token"} == {"/etc/tasador/serve-admin"}
+    for cluster in (service, jobs):  # the replicas check it; promotions (on the jobs head) send it
+        mounts = [m for c in containers(cluster) for m in c.get("volumeMounts", [])]
+        assert {m["mountPath"] for m in mounts if m["name"] == "serve-admin-token"} == {"/etc/tasador/serve-admin"}
+    (head,) = jobs["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {"name": "TASADOR_SERVE_URL", "value": "http://tasador-serve-serve-svc:8000"} in head["env"]
     (config,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
     assert config["data"]["TASADOR_SERVE_ADMIN_TOKEN_FILE"].startswith("/etc/tasador/serve-admin/")
 

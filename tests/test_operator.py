@@ -80,6 +80,7 @@ def test_rollback_moves_the_alias_records_it_and_serving_follows(served):
     before = datetime.now().astimezone()
     done = cli(served, "rollback", served["v1"], "--reason", "v2 misprices condos (operator's test)")
     assert done.exit_code == 0, done.output
+    assert f"serving answered with v{served['v1']}" in done.output  # asked at once, not left to the poll
     assert registry.production(s).version == served["v1"]
     last = history.moves(s)[-1]
     assert (last["kind"], last["version"], last["previous_version"]) == ("rollback", served["v1"], served["v2"])

@@ -322,7 +322,8 @@ def test_hot_swap_under_concurrent_load_fails_nothing(serving):
     try:
         time.sleep(2)
         moved = time.monotonic()
-        set_production(s, v2)
+        # as a promotion moves it: the alias, then serving asked to follow (the replica that answers has v2)
+        assert registry.move_production_alias(s, registry.mlflow_client(s), v2)["version"] == v2
         time.sleep(7)
         # each replica's load of v2, for the message of a failure below
         loads = {h["replica"]["pid"]: h.get("model_load_seconds")
