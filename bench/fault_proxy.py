@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import requests
+
+from bench.json_http import JsonHandler
 
 MODES = ("cut", "stall", "error", "garbage")
 BATCH_NUMBER = re.compile(rb'"batch_number":\s*(\d+)')
@@ -37,9 +39,7 @@ class FaultProxy:
         self._closing = threading.Event()
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(JsonHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 proxy.requests += 1
                 mode = None
@@ -47,7 +47,7 @@ class FaultProxy:
                     proxy.data_requests += 1
                     mode = proxy.faults.get(proxy.data_requests)
                 if proxy.requests <= proxy.fail_first:
-                    return self._send(proxy.fail_status, b'{"detail": "injected failure"}')
+                    return self.send_json(proxy.fail_status, b'{"detail": "injected failure"}')
                 upstream = requests.get(proxy.upstream + self.path, timeout=120)  # the API serves (and counts)
                 if self.path.startswith("/data"):
                     proxy._count(upstream)
@@ -69,20 +69,10 @@ class FaultProxy:
                     self.close_connection = True
                     return None
                 if mode == "error":
-                    return self._send(503, b'{"detail": "injected 503 after the API served the batch"}')
+                    return self.send_json(503, b'{"detail": "injected 503 after the API served the batch"}')
                 if mode == "garbage" or proxy.body is not None:
-                    return self._send(200, proxy.body if proxy.body is not None else b'{"batch_number": "x", "dat')
-                return self._send(upstream.status_code, upstream.content)
-
-            def _send(self, status: int, body: bytes):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                    return self.send_json(200, proxy.body if proxy.body is not None else b'{"batch_number": "x", "dat')
+                return self.send_json(upstream.status_code, upstream.content)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

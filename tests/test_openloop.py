@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from bench import openloop
+from bench.json_http import JsonHandler
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as HAProxy answers
-
+class Handler(JsonHandler):
     def do_POST(self):  # noqa: N802 (the http.server API)
         self.rfile.read(int(self.headers["Content-Length"]))
         server = self.server
@@ -27,20 +26,9 @@ class Handler(BaseHTTPRequestHandler):
         if n % 10 == 0:
             time.sleep(0.15)  # a slow answer: the requests due meanwhile still go out on time
         if n % 4 == 3:
-            body = b'{"detail": "busy"}'
-            self.send_response(503)
-            self.send_header("Retry-After", "1")
-            self.send_header("Connection", "close")
+            self.send_json(503, b'{"detail": "busy"}', {"Retry-After": "1", "Connection": "close"})
         else:
-            body = b'{"price": 1}'
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+            self.send_json(200, b'{"price": 1}')
 
 
 @pytest.fixture
