@@ -19,6 +19,7 @@ from tasador.schema import (
     EARLIEST_SALE,
     FEATURES,
     ID_FEATURES,
+    ID_LIMIT,
     STATES,
     STATUSES,
     WHOLE_NUMBERS,
@@ -55,8 +56,8 @@ class Listing(BaseModel):
     bath: _bounded("bath") = Field(default=None, examples=[2])
     house_size: _bounded("house_size") = Field(default=None, examples=[1800])
     acre_lot: _bounded("acre_lot") = Field(default=None, examples=[0.25])
-    brokered_by: float | None = Field(default=None, ge=0, examples=[22611])
-    street: float | None = Field(default=None, ge=0, examples=[1594530])
+    brokered_by: float | None = Field(default=None, ge=0, lt=ID_LIMIT, examples=[22611])
+    street: float | None = Field(default=None, ge=0, lt=ID_LIMIT, examples=[1594530])
     prev_sold_date: dt.date | None = Field(default=None, examples=["2015-06-30"])
 
     @field_validator(*WHOLE_NUMBERS, *ID_FEATURES)

@@ -101,7 +101,8 @@ def arrow_ranges(url: str, queries: list[str]):
 
 
 def _read_arrow(url: str, query: str) -> list:
-    return [db.read_arrow(url, query)]
+    """One read task's range; the worker keeps its connection for its next range (a batch has two per CPU)."""
+    return [db.read_arrow(url, query, keep_connection=True)]
 
 
 def read_shards(settings: Settings) -> int:
@@ -137,6 +138,12 @@ def cleaned_blocks(settings: Settings, batch_id: int) -> Iterator[pa.Table]:
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
+def distinct_ids(ids: np.ndarray) -> int:
+    """How many distinct ids a block has: its length when they increase (a range read in id order, the
+    usual case: no sort), else by ``np.unique`` (0.036 s of the driver's CPU per batch for every block)."""
+    return len(ids) if bool((ids[1:] > ids[:-1]).all()) else len(np.unique(ids))
+
+
 def process_batch(settings: Settings, batch: dict) -> dict:
     """Clean one raw batch into clean listings and rejects, in one transaction with its ledger row. The
     blocks are written as they come (the server's COPY overlaps the cleaning of the next blocks); the
@@ -144,7 +151,7 @@ def process_batch(settings: Settings, batch: dict) -> dict:
     batch_id = batch["batch_id"]
     started = time.perf_counter()
     duplicates = DuplicateMarker()
-    raw_ids, clean_rows, rejected_rows, reasons, writing = [], 0, 0, collections.Counter(), 0.0
+    distinct, clean_rows, rejected_rows, reasons, writing = 0, 0, 0, collections.Counter(), 0.0
     with db.arrow_transaction(settings.clean_db) as cur:
         cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=(batch_id,))
         cur.fetchall()
@@ -162,10 +169,9 @@ def process_batch(settings: Settings, batch: dict) -> dict:
             db.copy_arrow(cur, "listings", clean.select(list(CLEAN_COLUMNS)))
             db.copy_arrow(cur, "rejects", rejected.select(["raw_id", "batch_id", "reason"]))
             writing += time.perf_counter() - write_started
-            raw_ids.append(block["raw_id"].to_numpy())
+            distinct += distinct_ids(block["raw_id"].to_numpy())  # blocks in raw_id order: the marker checks
             clean_rows, rejected_rows = clean_rows + clean.num_rows, rejected_rows + rejected.num_rows
             reasons.update(r.split(" ", 1)[0] for r in rejected["reason"].to_pylist())  # by the field at fault
-        distinct = len(np.unique(np.concatenate(raw_ids))) if raw_ids else 0
         if clean_rows + rejected_rows != batch["rows"] or distinct != batch["rows"]:
             raise AccountingError(f"batch {batch_id}: raw ledger says {batch['rows']} rows, read "
                                   f"{clean_rows + rejected_rows} ({distinct} distinct): clean {clean_rows} + "

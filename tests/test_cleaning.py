@@ -46,6 +46,12 @@ def test_types_are_normalised():
     assert out["price"] == 105000.0 and out["bed"] == 3.0
 
 
+def test_a_date_with_a_time_or_a_zone_keeps_its_date_as_written():
+    rows = [{**GOOD, "prev_sold_date": d} for d in ("2020-02-28T23:00:00-05:00", "2020-02-28 13:45", "2020-02-28")]
+    out = clean_frame(raw_frame(rows), 10_000, 1e8, TODAY)
+    assert out["reason"].isna().all() and (out["prev_sold_date"] == dt.date(2020, 2, 28)).all()
+
+
 @pytest.mark.parametrize("change,reason", [
     ({"price": None}, "price missing"),
     ({"price": "0"}, "price is $0"),
@@ -60,7 +66,11 @@ def test_types_are_normalised():
     ({"zip_code": "123456"}, "zip_code '123456' is not a 5-digit code"),
     ({"prev_sold_date": "2099-01-01"}, "prev_sold_date 2099-01-01 outside"),
     ({"prev_sold_date": "yesterday"}, "prev_sold_date 'yesterday' is not a date"),
+    ({"prev_sold_date": "2099-01-01T00:00:00Z"}, "prev_sold_date 2099-01-01 outside"),
+    ({"prev_sold_date": "2020-02-30T00:00:00+05:00"}, "prev_sold_date '2020-02-30T00:00:00+05:00' is not a date"),
     ({"brokered_by": "-5"}, "brokered_by -5.0 is not a positive integer id"),
+    ({"brokered_by": "1e30"}, "brokered_by 1e+30 is not a positive integer id (below 2^63)"),
+    ({"street": "9223372036854775808"}, "street 9.223372036854776e+18 is not a positive integer id"),
 ])
 def test_bad_rows_are_rejected_with_a_reason_naming_the_field(change, reason):
     out = clean_frame(raw_frame([GOOD, {**GOOD, **change}]), 10_000, 1e8, TODAY)
@@ -162,7 +172,8 @@ LISTING_JSON = {"brokered_by": 103378, "status": "for_sale", "bed": 3, "bath": 2
 VERDICT_CASES = [
     {}, {"bath": 2.5}, {"bed": 2.0}, {"bed": -1}, {"bed": 51}, {"house_size": 50}, {"acre_lot": 100_001},
     {"zip_code": "123456"}, {"zip_code": "02108"}, {"zip_code": 2108.0}, {"zip_code": "002108"},
-    {"brokered_by": 1.5}, {"street": -3}, {"prev_sold_date": "1850-01-01"}, {"prev_sold_date": "2099-01-01"},
+    {"brokered_by": 1.5}, {"street": -3}, {"brokered_by": 1e30}, {"street": 2**63}, {"street": 2**63 - 2**10},
+    {"prev_sold_date": "1850-01-01"}, {"prev_sold_date": "2099-01-01"},
     {"state": "Narnia"}, {"status": "pending"}, {"city": None}, {"bed": None},
 ]
 
@@ -185,3 +196,33 @@ def test_the_api_and_the_cleaning_agree_on_what_a_valid_listing_is(change):
     cleaned = clean_frame(raw_frame([row]), 10_000, 1e8, dt.date.today()).iloc[0]
     clean_zip = "refused" if pd.notna(cleaned["reason"]) else cleaned["zip_code"]
     assert api_zip == clean_zip, (api_zip, cleaned["reason"])
+
+
+# any text a raw field may hold: numbers of every size and form, dates, words, control characters
+RAW_TEXT = st.one_of(
+    st.none(), st.text(max_size=12),
+    st.integers(-2**70, 2**70).map(str), st.floats().map(repr), st.floats().map("{:.0f}".format),
+    st.dates(dt.date(1, 1, 1), dt.date(9999, 12, 31)).map(str), st.sampled_from(["for_sale", "sold", "Texas"]),
+    st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31), timezones=st.sampled_from([None, dt.UTC])).map(
+        dt.datetime.isoformat),
+    st.sampled_from(["2020-02-28T00:00:00+05:00", "2020-02-28T23:00:00-05:00", "2020-02-28Z", "20200228"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.fixed_dictionaries({c: RAW_TEXT for c in COLUMNS}), min_size=1, max_size=8))
+def test_any_raw_text_is_cleaned_or_rejected_never_raised(rows):
+    """Processing's cleaning (``clean_table``, in Ray Data's tasks) takes whatever the raw database
+    holds: every row comes out, either with a reason or with values its clean table can store."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(raw_frame([GOOD, *rows]).astype({c: "string" for c in COLUMNS}),
+                                 preserve_index=False)
+    out = clean_table(table, 10_000, 1e8, TODAY).to_pandas()
+    assert out["raw_id"].tolist() == list(range(1, len(rows) + 2))
+    assert pd.isna(out["reason"].iloc[0])
+    clean = out[out["reason"].isna()]
+    for col in ("brokered_by", "street"):
+        assert clean[col].dropna().between(0, 2**63 - 1).all()
+    assert clean["zip_code"].dropna().str.fullmatch(r"\d{5}").all()
+    assert clean["price"].between(10_000, 1e8).all()

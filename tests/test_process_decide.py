@@ -155,3 +155,25 @@ def test_drift_reads_every_clean_row_of_its_batches_as_numbers_and_text(settings
     assert frame["state"].nunique() == states and frame["status"].notna().sum() == statuses
     assert frame["state"].dropna().map(type).eq(str).all()
     assert drift.load(settings, []).empty
+
+
+def test_a_kept_read_connection_the_server_ended_is_replaced(settings):
+    """Processing's read tasks keep their ADBC connection for the worker's next range; one the server
+    ended since (a restart, an operator's pg_terminate_backend) is replaced and the read gets its rows."""
+    import time
+
+    query = "SELECT pg_backend_pid() AS pid"
+    first = db.read_arrow(settings.raw_db, query, keep_connection=True)["pid"][0].as_py()
+    assert db.read_arrow(settings.raw_db, query, keep_connection=True)["pid"][0].as_py() == first
+    with psycopg2.connect(settings.raw_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (first,))
+        assert cur.fetchone()[0]
+        for _ in range(100):  # until the backend has gone
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (first,))
+            if not cur.fetchone()[0]:
+                break
+            time.sleep(0.05)
+    second = db.read_arrow(settings.raw_db, query, keep_connection=True)["pid"][0].as_py()
+    assert second != first
+    assert db.read_arrow(settings.raw_db, query, keep_connection=True)["pid"][0].as_py() == second
+    db._KEPT_READERS.pop(settings.raw_db).close()
