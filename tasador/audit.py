@@ -30,8 +30,9 @@ ROW_KEYS = sql.SQL("SELECT md5(concat_ws(%s, {})) FROM listings WHERE batch_id =
 
 
 def content_key(values: Iterable) -> str:
-    """A row's content hash: its 12 values as stored in raw (JSON scalars' text, NULL for null)."""
-    text = SEP.join(NULL if v is None else VALUE + str(v) for v in values)
+    """A row's content hash: its 12 values as stored in raw (JSON scalars' text, NULL for null; text
+    PostgreSQL cannot hold as ingest stores it, ``db.storable_text``)."""
+    text = SEP.join(NULL if v is None else VALUE + db.storable_text(str(v)) for v in values)
     return hashlib.md5(text.encode()).hexdigest()
 
 

@@ -220,6 +220,14 @@ def create_all_tables(settings) -> None:
     create_tables(settings.clean_db, "clean")
 
 
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL's text can hold it: a NUL and a lone surrogate (both valid in JSON, neither
+    storable nor encodable as UTF-8) replaced by U+FFFD; any other text as it is."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
+
+
 def copy_in(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence] | CsvRows) -> int:
     """COPY ``rows`` (tuples of Python values, None for NULL; or a ``CsvRows``) into ``table``. Returns
     the count. The CSV is rendered as the server reads it (``CsvRows``), so PostgreSQL parses one chunk

@@ -21,6 +21,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 
+import psycopg2
+
 from tasador import db, faults, locks
 from tasador.api_client import Batch, BatchesExhausted, DataApiClient
 from tasador.schema import COLUMNS
@@ -219,7 +221,36 @@ def next_batch_number(stored) -> int:
 
 def store_batch(raw_url: str, batch: Batch, recovery: tuple | None = None) -> IngestResult:
     """Store ``batch`` with its ledger row in one transaction. A stored batch is a no-op (same payload)
-    or refused (different payload); a batch whose predecessor is not stored is refused."""
+    or refused (different payload); a batch whose predecessor is not stored is refused.
+
+    A value PostgreSQL's text cannot hold (a NUL, a lone surrogate: both valid JSON) failed the batch's
+    COPY at every run, stalling its (group, day). When the COPY fails and the rows hold such values,
+    the batch is stored with U+FFFD in their place (``db.storable_text``), and the result says how many
+    values were; the rows are looked at only then, so a batch without them costs nothing more."""
+    try:
+        return _store(raw_url, batch, recovery, batch.rows, "")
+    except (psycopg2.DataError, psycopg2.OperationalError, UnicodeError):
+        rows, changed = storable_rows(batch.rows)
+        if not changed:
+            raise
+    note = (f"; {changed} values held characters PostgreSQL text cannot store (NUL, lone surrogates), "
+            "stored with U+FFFD in their place")
+    log.warning("batch %s%s", (batch.group_number, batch.day, batch.batch_number), note)
+    return _store(raw_url, batch, recovery, rows, note)
+
+
+def storable_rows(rows: list[dict]) -> tuple[list[dict], int]:
+    """``rows`` with their text values as PostgreSQL can store them (``db.storable_text``), and how many
+    values that changed."""
+    changed, out = 0, []
+    for row in rows:
+        fixed = {k: db.storable_text(v) if isinstance(v, str) else v for k, v in row.items()}
+        changed += sum(fixed[k] != v for k, v in row.items() if isinstance(v, str))
+        out.append(fixed)
+    return out, changed
+
+
+def _store(raw_url: str, batch: Batch, recovery: tuple | None, rows: list[dict], note: str) -> IngestResult:
     key = (batch.group_number, batch.day, batch.batch_number)
     with db.transaction(raw_url) as cur:
         # one writer per (group, day) at a time; a concurrent duplicate waits, then sees the ledger row
@@ -241,20 +272,20 @@ def store_batch(raw_url: str, batch: Batch, recovery: tuple | None = None) -> In
                                f"batch {missing} is not stored and must come first")
         cur.execute("SELECT nextval(pg_get_serial_sequence('batches', 'batch_id'))")
         batch_id = cur.fetchone()[0]
-        rows = db.copy_in(cur, "listings", ("batch_id", "row_number", *COLUMNS), _raw_rows(batch_id, batch.rows))
+        stored = db.copy_in(cur, "listings", ("batch_id", "row_number", *COLUMNS), _raw_rows(batch_id, rows))
         faults.point("ingest.after_copy")
         # the ledger row goes last: until it commits, the batch does not exist for anyone
         cur.execute("INSERT INTO batches (batch_id, group_number, day, batch_number, rows, payload_sha256, source_url)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (batch_id, *key, rows, batch.payload_sha256, batch.source_url))
+                    (batch_id, *key, stored, batch.payload_sha256, batch.source_url))
         if recovery:
             cause, restarted, replayed, verified, outcome = recovery
             cur.execute("INSERT INTO recoveries (group_number, day, cause, missing_batch_number, restarted, replayed,"
                         " verified, outcome, batch_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                         (*key[:2], cause, batch.batch_number, restarted, replayed, verified, outcome, batch_id))
-    log.info("batch %s stored as batch_id %s with %d rows", key, batch_id, rows)
-    return IngestResult("ingested", *key, batch_id=batch_id, rows=rows, payload_sha256=batch.payload_sha256,
-                        message=f"stored {rows} rows")
+    log.info("batch %s stored as batch_id %s with %d rows", key, batch_id, stored)
+    return IngestResult("ingested", *key, batch_id=batch_id, rows=stored, payload_sha256=batch.payload_sha256,
+                        message=f"stored {stored} rows{note}")
 
 
 _values = itemgetter(*COLUMNS)

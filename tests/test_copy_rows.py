@@ -68,3 +68,15 @@ def test_rows_given_column_by_column_render_as_the_same_rows(rows):
 def test_columns_of_different_lengths_are_refused():
     with pytest.raises(ValueError):
         CsvRows.of_columns([[1, 2], [3]]).read(-1)
+
+
+@given(text=st.text())
+def test_storable_text_is_what_postgresql_can_hold_and_changes_nothing_else(text):
+    from tasador.db import storable_text
+
+    stored = storable_text(text)
+    stored.encode("utf-8")  # no lone surrogate left
+    assert "\x00" not in stored and len(stored) == len(text)
+    if "\x00" not in text and not any("\ud800" <= ch <= "\udfff" for ch in text):
+        assert stored == text
+    assert storable_text("a\x00b\ud800c\U0001f600") == "a\ufffdb\ufffdc\U0001f600"

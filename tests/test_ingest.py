@@ -206,3 +206,28 @@ def test_the_audit_tells_a_text_backslash_n_from_a_null(settings, raw, group):
         assert cur.rowcount == 1
     accounts = audit.audit(settings, group, "Monday", [rows])
     assert (accounts["rows_lost"], accounts["rows_duplicated"]) == (1, 1), accounts["problems"]
+
+
+def test_text_postgresql_cannot_hold_is_stored_marked_not_refused(settings, raw, group):
+    """A NUL and a lone surrogate are valid JSON but not PostgreSQL text: such a batch failed its COPY at
+    every run and stalled its (group, day). It is stored with U+FFFD in their place, the result says so,
+    and the audit, reading the API's rows the same way, finds nothing lost or doubled."""
+    import hashlib
+
+    from tasador import audit
+    from tasador.api_client import Batch
+    from tasador.ingest import store_batch
+    from tasador.schema import COLUMNS
+
+    rows = [{c: f"{c}-{i}" for c in COLUMNS} for i in range(3)]
+    rows[1]["city"], rows[2]["street"] = "San\x00Juan", "12\ud800"
+    payload = hashlib.sha256(repr(rows).encode()).hexdigest()
+    result = store_batch(settings.raw_db, Batch(group, "Monday", 1, rows, payload, "test"))
+    assert (result.status, result.rows) == ("ingested", 3)
+    assert "2 values held characters PostgreSQL text cannot store" in result.message
+    with raw.cursor() as cur:
+        cur.execute("SELECT city, street FROM listings WHERE batch_id = %s ORDER BY row_number", (result.batch_id,))
+        stored = cur.fetchall()
+    assert stored[1][0] == "San\ufffdJuan" and stored[2][1] == "12\ufffd" and stored[0] == ("city-0", "street-0")
+    accounts = audit.audit(settings, group, "Monday", [rows])
+    assert (accounts["rows_lost"], accounts["rows_duplicated"]) == (0, 0), accounts["problems"]
