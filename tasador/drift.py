@@ -46,6 +46,8 @@ class DriftReport:
         return [f for f in self.features if f.drifted]
 
     def explain(self) -> str:
+        if not self.batch_rows:
+            return "the batch has no clean rows: nothing to compare"
         drifted = sorted(self.drifted, key=lambda f: -f.statistic / f.threshold)
         if drifted:
             return "; ".join(f.summary for f in drifted)
@@ -112,6 +114,9 @@ def _numeric(name: str, new: pd.Series, ref: pd.Series, threshold: float) -> Fea
 
 
 def _categorical(name: str, new: pd.Series, ref: pd.Series, settings: Settings) -> FeatureDrift:
+    if not new.notna().any() or not ref.notna().any():  # a batch whose every row was rejected, say
+        return FeatureDrift(name, "categorical", 0.0, settings.drift_share_threshold, False,
+                            f"{name}: no values to compare")
     p = new.value_counts(normalize=True)
     q = ref.value_counts(normalize=True)
     tvd = float(0.5 * p.subtract(q, fill_value=0).abs().sum())

@@ -70,6 +70,16 @@ def test_drift_finds_a_price_shift_and_not_noise():
     assert [f.feature for f in moved.drifted] == ["price"] and "price median moved from" in moved.explain()
 
 
+def test_a_batch_with_no_clean_rows_is_not_called_drift():
+    """A batch whose every row was rejected has nothing to compare: its written reason must not say the
+    shares of status and state moved by half (they did, from every category to none)."""
+    batch, reference = frames(0.0)
+    report = drift.compare(batch.iloc[:0], reference, Settings())
+    assert not report.drifted and report.explain() == "the batch has no clean rows: nothing to compare"
+    retrain, reason = retrain_verdict("3", report, 0, 10_000)
+    assert not retrain and "no drift" in reason and "shifted" not in reason
+
+
 def test_retrain_branches():
     s = Settings()
     drifted, calm = drift.compare(*frames(1.0), s), drift.compare(*frames(0.0), s)
