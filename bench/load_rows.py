@@ -40,7 +40,7 @@ def fill(settings, rows: int) -> int:
     clean = mark_duplicates(clean_frame(raw, settings.clean_price_min, settings.clean_price_max))
     clean = clean[clean["reason"].isna()][list(CLEAN_COLUMNS)]
     step = int(clean["raw_id"].max())
-    with db.arrow_transaction(settings.clean_db) as cur:
+    with db.transaction(settings.clean_db) as cur:
         db.copy_arrow(cur, "listings", pa.Table.from_pandas(clean, preserve_index=False))
     with db.transaction(settings.clean_db) as cur:
         copies = 1

@@ -3,14 +3,15 @@
 Ray Data reads the batch from the raw database in parallel shards (``raw_id`` ranges, each a read task
 that fetches Arrow through ADBC: ``arrow_ranges``) and cleans each block in ``map_batches``; the driver
 takes the blocks in ``raw_id`` order as they finish, marks exact duplicates (they may sit in different
-blocks: ``DuplicateMarker``) and writes each block's clean rows and rejects by binary COPY (ADBC's
-``adbc_ingest``: ``db.copy_arrow``) while the next are cleaned, all in one transaction that ends with
+blocks: ``DuplicateMarker``) and writes each block's clean rows and rejects by binary COPY (pgpq's
+encoding, sent by psycopg2: ``db.copy_arrow``) while the next are cleaned, all in one transaction that ends with
 the processed-batch ledger row, after checking clean + rejected = raw. Processing a batch twice is a no-op.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
@@ -144,6 +145,36 @@ def distinct_ids(ids: np.ndarray) -> int:
     return len(ids) if bool((ids[1:] > ids[:-1]).all()) else len(np.unique(ids))
 
 
+class OrderedCopies:
+    """A batch's COPYs, one at a time and in order, on its transaction's cursor in a thread of their own:
+    the driver takes, marks and splits the next block (~0.05 s) while the server ingests this one (~0.2 s
+    for 57.6k rows, most of a batch's writing), where before the two took turns. At most ``depth`` COPYs
+    wait, so memory stays bounded. A failed COPY is raised at the next ``put`` or at ``wait``; ``close``
+    drops the waiting ones and waits for the running one, before the transaction rolls back."""
+
+    def __init__(self, cur, depth: int = 4) -> None:
+        self.cur, self.depth, self.seconds = cur, depth, 0.0
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="copy")
+        self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
+
+    def put(self, table: str, rows: pa.Table) -> None:
+        while self.pending and (self.pending[0].done() or len(self.pending) >= self.depth):
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._copy, table, rows))
+
+    def _copy(self, table: str, rows: pa.Table) -> None:
+        started = time.perf_counter()
+        db.copy_arrow(self.cur, table, rows)
+        self.seconds += time.perf_counter() - started
+
+    def wait(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def process_batch(settings: Settings, batch: dict) -> dict:
     """Clean one raw batch into clean listings and rejects, in one transaction with its ledger row. The
     blocks are written as they come (the server's COPY overlaps the cleaning of the next blocks); the
@@ -151,37 +182,36 @@ def process_batch(settings: Settings, batch: dict) -> dict:
     batch_id = batch["batch_id"]
     started = time.perf_counter()
     duplicates = DuplicateMarker()
-    distinct, clean_rows, rejected_rows, reasons, writing = 0, 0, 0, collections.Counter(), 0.0
-    with db.arrow_transaction(settings.clean_db) as cur:
-        cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=(batch_id,))
-        cur.fetchall()
+    distinct, clean_rows, rejected_rows, reasons = 0, 0, 0, collections.Counter()
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (batch_id,))
         # The raw batch stays the source of truth and the ledger row commits with the rows, so a crash
         # just after commit can only lose the whole batch, which the next run processes again.
         cur.execute("SET LOCAL synchronous_commit = off")
-        cur.execute("SELECT clean_rows FROM processed_batches WHERE batch_id = $1", parameters=(batch_id,))
-        if cur.fetchall():
+        cur.execute("SELECT clean_rows FROM processed_batches WHERE batch_id = %s", (batch_id,))
+        if cur.fetchone():
             return {**batch, "status": "already_processed"}
-        for block in cleaned_blocks(settings, batch_id):
-            block = duplicates.mark(block)
-            is_clean = block["reason"].is_null()
-            clean, rejected = block.filter(is_clean), block.filter(pc.invert(is_clean))
-            write_started = time.perf_counter()
-            db.copy_arrow(cur, "listings", clean.select(list(CLEAN_COLUMNS)))
-            db.copy_arrow(cur, "rejects", rejected.select(["raw_id", "batch_id", "reason"]))
-            writing += time.perf_counter() - write_started
-            distinct += distinct_ids(block["raw_id"].to_numpy())  # blocks in raw_id order: the marker checks
-            clean_rows, rejected_rows = clean_rows + clean.num_rows, rejected_rows + rejected.num_rows
-            reasons.update(r.split(" ", 1)[0] for r in rejected["reason"].to_pylist())  # by the field at fault
+        with contextlib.closing(OrderedCopies(cur)) as copies:
+            for block in cleaned_blocks(settings, batch_id):
+                block = duplicates.mark(block)
+                is_clean = block["reason"].is_null()
+                clean, rejected = block.filter(is_clean), block.filter(pc.invert(is_clean))
+                copies.put("listings", clean.select(list(CLEAN_COLUMNS)))
+                copies.put("rejects", rejected.select(["raw_id", "batch_id", "reason"]))
+                distinct += distinct_ids(block["raw_id"].to_numpy())  # blocks in raw_id order: the marker checks
+                clean_rows, rejected_rows = clean_rows + clean.num_rows, rejected_rows + rejected.num_rows
+                reasons.update(r.split(" ", 1)[0] for r in rejected["reason"].to_pylist())  # by the field at fault
+            copies.wait()
         if clean_rows + rejected_rows != batch["rows"] or distinct != batch["rows"]:
             raise AccountingError(f"batch {batch_id}: raw ledger says {batch['rows']} rows, read "
                                   f"{clean_rows + rejected_rows} ({distinct} distinct): clean {clean_rows} + "
                                   f"rejected {rejected_rows}")
         faults.point("process.after_copy", settings)
         cur.execute("INSERT INTO processed_batches (batch_id, group_number, day, batch_number, raw_rows,"
-                    " clean_rows, rejected_rows) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    parameters=(batch_id, batch["group_number"], batch["day"], batch["batch_number"], batch["rows"],
-                                clean_rows, rejected_rows))
+                    " clean_rows, rejected_rows) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (batch_id, batch["group_number"], batch["day"], batch["batch_number"], batch["rows"],
+                     clean_rows, rejected_rows))
     log.info("batch %s: %d clean, %d rejected", batch_id, clean_rows, rejected_rows)
     return {**batch, "status": "processed", "raw_rows": batch["rows"], "clean_rows": clean_rows,
             "rejected_rows": rejected_rows, "reject_reasons": dict(reasons.most_common(10)),
-            "seconds": {"total": round(time.perf_counter() - started, 3), "writing": round(writing, 3)}}
+            "seconds": {"total": round(time.perf_counter() - started, 3), "writing": round(copies.seconds, 3)}}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import psycopg2
+import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
@@ -177,3 +181,54 @@ def test_a_kept_read_connection_the_server_ended_is_replaced(settings):
     assert second != first
     assert db.read_arrow(settings.raw_db, query, keep_connection=True)["pid"][0].as_py() == second
     db._KEPT_READERS.pop(settings.raw_db).close()
+
+
+def test_binary_copy_stores_every_value_as_given(settings):
+    """``db.copy_arrow`` (pgpq's binary COPY encoding) into ``listings``: nulls in every nullable column,
+    the extremes of each type, text beyond ASCII, a zip code with a leading zero, and float64 bed and
+    bath cast to the table's real; read back in the same transaction, which then rolls back."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from tasador.cleaning import CLEAN_COLUMNS
+
+    rows = pa.table({
+        "raw_id": [2**62, 2**62 + 1, 2**62 + 2], "batch_id": [-1, -1, -1], "property_id": [1, 2**63 - 1, 3],
+        "brokered_by": [None, 2**63 - 1, 0], "status": ["for_sale", "sold", "ready_to_build"],
+        "price": [1.0, 1.7976931348623157e308, 123456.789], "bed": [None, 2.5, 1e30],
+        "bath": [1.0, None, 0.5], "acre_lot": [None, 5e-324, 0.25], "street": [7, None, 2**62],
+        "city": ["São Paulo ☃ 🏠", None, ""], "state": ["Puerto Rico", "New York", "Texas"],
+        "zip_code": ["00601", None, "12345"], "house_size": [None, 1500.0, 1e-3],
+        "prev_sold_date": [dt.date(1900, 1, 1), None, dt.date(2099, 12, 31)],
+    })
+    assert rows.column_names == list(CLEAN_COLUMNS)
+    with db.transaction(settings.clean_db) as cur:
+        assert db.copy_arrow(cur, "listings", rows) == 3
+        assert db.copy_arrow(cur, "listings", rows.slice(0, 0)) == 0
+        cur.execute(sql.SQL("SELECT {} FROM listings WHERE batch_id = -1 ORDER BY raw_id").format(
+            db.identifiers(CLEAN_COLUMNS)))
+        stored = cur.fetchall()
+        cur.connection.rollback()
+    def real(row):  # bed and bath as float32 (PostgreSQL prints a real in its shortest form: 1e+30)
+        return (*row[:6], *(None if v is None else np.float32(v) for v in row[6:8]), *row[8:])
+
+    assert [real(r) for r in stored] == [real(tuple(r.values())) for r in rows.to_pylist()]
+
+
+def test_a_failed_copy_is_raised_and_nothing_of_the_batch_stays(settings):
+    """``OrderedCopies`` runs the COPYs in a thread of its own: a COPY that fails (here a raw_id written
+    twice) is raised to the caller, which rolls the transaction back with every earlier COPY of it."""
+    import pyarrow as pa
+
+    ids = [2**62 + 10, 2**62 + 11]
+    rows = pa.table({"raw_id": ids, "batch_id": [-1, -1], "property_id": [1, 2], "status": ["sold", "sold"],
+                     "price": [1.0, 2.0], "state": ["Texas", "Texas"]})
+    with (pytest.raises(psycopg2.errors.UniqueViolation), db.transaction(settings.clean_db) as cur,
+          contextlib.closing(processing.OrderedCopies(cur, depth=1)) as copies):
+        copies.put("listings", rows.slice(0, 1))
+        copies.put("listings", rows)  # its first row again
+        copies.wait()
+    with clean_conn(settings).cursor() as cur:
+        cur.execute("SELECT count(*) FROM listings WHERE raw_id = ANY(%s)", (ids,))
+        assert cur.fetchone()[0] == 0
