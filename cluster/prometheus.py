@@ -15,7 +15,7 @@ from tasador.settings import Settings
 # Prometheus's usual 15 s: every scrape has Ray's dashboard agent render all the cluster's metrics
 # (0.039 core of an idle stack at 5 s, 0.019 at 15; issue 18's idle goal). The charts' and Grafana's
 # rates are over 1 minute: four samples.
-SCRAPE_INTERVAL_S = 15
+SCRAPE_INTERVAL_S = ray_head.METRICS_PERIOD_S
 
 
 def binary() -> str | None:

