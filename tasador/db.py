@@ -323,6 +323,10 @@ def copy_arrow(cur, table: str, rows) -> int:
     cur.execute("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
                 " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,))
     types = dict(cur.fetchall())
+    unknown = [f"{name} ({types.get(name, 'not a column')})" for name in rows.column_names
+               if types.get(name) not in ARROW_TYPE_NAMES]
+    if unknown:
+        raise TypeError(f"cannot COPY into {table}: no Arrow type for {', '.join(unknown)}")
     target = pa.schema([pa.field(name, ARROW_TYPE_NAMES[types[name]]) for name in rows.column_names])
     encoder = pgpq.ArrowToPostgresBinaryEncoder(target)
     payload = io.BytesIO()

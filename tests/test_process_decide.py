@@ -206,6 +206,8 @@ def test_binary_copy_stores_every_value_as_given(settings):
     with db.transaction(settings.clean_db) as cur:
         assert db.copy_arrow(cur, "listings", rows) == 3
         assert db.copy_arrow(cur, "listings", rows.slice(0, 0)) == 0
+        with pytest.raises(TypeError, match=r"listings: no Arrow type for nope \(not a column\)"):
+            db.copy_arrow(cur, "listings", pa.table({"nope": [1]}))
         cur.execute(sql.SQL("SELECT {} FROM listings WHERE batch_id = -1 ORDER BY raw_id").format(
             db.identifiers(CLEAN_COLUMNS)))
         stored = cur.fetchall()
