@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cluster import ray_head, stack
+import psutil
+
+from cluster import processes, ray_head, stack
 from tasador.settings import Settings
 
 # Load generators share this machine's 2 cores with the stack they measure (in production clients are
@@ -97,6 +99,28 @@ class Sampler:
     def __exit__(self, *exc):
         self._stop.set()
         self.thread.join()
+
+
+class TreeMemory(Sampler):
+    """Samples the summed memory of a process tree (and this process) every ``every_s``: resident (RSS),
+    or with ``proportional`` each process's PSS, shared pages (Ray's object store) split among the
+    processes that map them, so that the sum counts them once. ``first_mb`` and ``peak_mb``."""
+
+    def __init__(self, root_pid: int, every_s: float = 0.5, proportional: bool = False):
+        super().__init__(every_s=every_s)
+        self.root, self.proportional, self.first_mb, self.peak_mb = root_pid, proportional, None, 0.0
+
+    def sample(self) -> None:
+        total = 0
+        for pid in [self.root, os.getpid(), *processes.descendants(self.root)]:
+            try:
+                process = psutil.Process(pid)
+                total += process.memory_full_info().pss if self.proportional else process.memory_info().rss
+            except psutil.Error:
+                continue
+        if self.first_mb is None:
+            self.first_mb = total / 2**20
+        self.peak_mb = max(self.peak_mb, total / 2**20)
 
 
 def report(result: dict) -> None:

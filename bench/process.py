@@ -7,6 +7,11 @@ Measured, same run, same rows:
 - baseline pandas: single process ``pd.read_sql`` + the same rules + ``DataFrame.to_sql``;
 - bound: a bare ``COPY ... TO STDOUT`` of the raw rows plus a bare ``COPY ... FROM STDIN`` of the clean
   rows (pre-rendered) into a table like clean ``listings`` (same indexes): the I/O alone.
+
+And, in a run of its own (sampling costs CPU) from a fresh process, as a Ray job's driver is, the peak
+memory of processing the batch: that driver and every process of the Ray head (workers, the object store),
+summed as PSS every 50 ms, above the level just before, against the batch's raw rows as Arrow (issue 18:
+at most 2x).
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import multiprocessing
 
 import pandas as pd
 import sqlalchemy
 from psycopg2 import sql
 
-from bench.common import parser, private_stack, report, timer
-from cluster import ray_head
+from bench.common import TreeMemory, parser, private_stack, report, timer
+from cluster import processes, ray_head
 from tasador import db, processing
 from tasador.cleaning import CLEAN_COLUMNS, clean_frame, mark_duplicates
 from tasador.ingest import ingest_next
@@ -34,7 +40,9 @@ def main() -> None:
         rows, batch_id, t_tasador = tasador_time(settings, 1, "bench")
         t_pandas, clean = pandas_time(settings, batch_id)
         t_bound = copy_bound_time(settings, batch_id, clean)
-        _report(rows, scale, t_tasador, t_pandas, t_bound)
+        with multiprocessing.get_context("spawn").Pool(1) as fresh:  # a fresh driver, as a Ray job's is
+            memory = fresh.apply(memory_run, (settings, batch_id))
+        _report(rows, scale, t_tasador, t_pandas, t_bound, memory)
 
 
 def tasador_time(settings, group: int, day: str) -> tuple[int, int, dict]:
@@ -92,7 +100,30 @@ def copy_bound_time(settings, batch_id: int, clean: pd.DataFrame) -> dict:
     return t_bound
 
 
-def _report(rows, scale, t_tasador, t_pandas, t_bound) -> None:
+def memory_run(settings, batch_id: int) -> dict:
+    """The batch processed again (its clean rows, rejects and ledger row deleted first) while ``TreeMemory``
+    samples the PSS of this driver and of the Ray head's process tree: the peak above the first sample,
+    and the batch's raw rows as an Arrow table, in MiB."""
+    with db.transaction(settings.clean_db) as cur:
+        for table in ("listings", "rejects", "processed_batches"):
+            cur.execute(sql.SQL("DELETE FROM {} WHERE batch_id = %s").format(sql.Identifier(table)), (batch_id,))
+        query = processing.raw_batch_query(batch_id).as_string(cur)
+    arrow_mb = db.read_arrow(settings.raw_db, query).nbytes / 2**20
+    head = processes.load_registry(settings.state_path)["ray_head"]["pid"]
+    use_cluster_auth(settings)
+    import ray
+
+    ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
+    try:
+        list(processing.cleaned_blocks(settings, batch_id))  # warm, as tasador_time does
+        with TreeMemory(head, every_s=0.05, proportional=True) as memory:
+            processing.process_pending(settings, 1, "bench")
+    finally:
+        ray.shutdown()
+    return {"batch_arrow_mb": arrow_mb, "peak_memory_mb": memory.peak_mb - memory.first_mb}
+
+
+def _report(rows, scale, t_tasador, t_pandas, t_bound, memory) -> None:
     report({
         "benchmark": "process", "rows": rows, "scale": scale,
         "tasador_s": t_tasador["s"], "tasador_rows_per_s": rows / t_tasador["s"],
@@ -100,6 +131,7 @@ def _report(rows, scale, t_tasador, t_pandas, t_bound) -> None:
         "copy_bound_s": t_bound["s"], "copy_bound_rows_per_s": rows / t_bound["s"],
         "ratio_tasador_vs_pandas": t_pandas["s"] / t_tasador["s"],
         "ratio_tasador_vs_copy_bound": t_bound["s"] / t_tasador["s"],
+        **memory, "memory_vs_arrow_ratio": memory["peak_memory_mb"] / memory["batch_arrow_mb"],
     })
 
 

@@ -20,32 +20,14 @@ import os
 import time
 
 import numpy as np
-import psutil
 
-from bench.common import Sampler, parser, peak_rss_mb, private_stack, report, timer
+from bench.common import TreeMemory, parser, peak_rss_mb, private_stack, report, timer
 from cluster import processes, ray_head, stack
 from tasador import registry, training
 from tasador.ingest import ingest_next
 from tasador.models import fit_steps, price_metrics, trials
 from tasador.processing import process_pending
 from tasador.ray_jobs import use_cluster_auth
-
-
-class TreeMemory(Sampler):
-    """Samples the summed resident memory of a process tree (and this process) every 0.5 s."""
-
-    def __init__(self, root_pid: int):
-        super().__init__(every_s=0.5)
-        self.root, self.peak_mb = root_pid, 0.0
-
-    def sample(self) -> None:
-        total = 0
-        for pid in [self.root, os.getpid(), *processes.descendants(self.root)]:
-            try:
-                total += psutil.Process(pid).memory_info().rss
-            except psutil.Error:
-                continue
-        self.peak_mb = max(self.peak_mb, total / 2**20)
 
 
 def sequential_loop(arrays: dict, out: mp.Queue) -> None:
