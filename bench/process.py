@@ -10,8 +10,8 @@ Measured, same run, same rows:
 
 And, in a run of its own (sampling costs CPU) from a fresh process, as a Ray job's driver is, the peak
 memory of processing the batch: that driver and every process of the Ray head (workers, the object store),
-summed as PSS every 50 ms, above the level just before, against the batch's raw rows as Arrow (issue 18:
-at most 2x).
+summed as PSS in samples 50 ms apart (a sample reads every process's smaps, so it takes longer), above the
+level just before, against the batch's raw rows as Arrow (issue 18: at most 2x).
 """
 
 from __future__ import annotations
