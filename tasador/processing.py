@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg2 import sql
 
 from tasador import db, faults, locks
@@ -157,14 +156,15 @@ class OrderedCopies:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="copy")
         self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
 
-    def put(self, table: str, rows: pa.Table) -> None:
+    def put(self, table: str, rows: pa.Table, where: pa.ChunkedArray | None = None) -> None:
+        """COPY ``rows`` (or those where ``where`` is true) into ``table`` after the COPYs put before."""
         while self.pending and (self.pending[0].done() or len(self.pending) >= self.depth):
             self.pending.popleft().result()
-        self.pending.append(self.pool.submit(self._copy, table, rows))
+        self.pending.append(self.pool.submit(self._copy, table, rows, where))
 
-    def _copy(self, table: str, rows: pa.Table) -> None:
+    def _copy(self, table: str, rows: pa.Table, where: pa.ChunkedArray | None) -> None:
         started = time.perf_counter()
-        db.copy_arrow(self.cur, table, rows)
+        db.copy_arrow(self.cur, table, rows, where)
         self.seconds += time.perf_counter() - started
 
     def wait(self) -> None:
@@ -194,13 +194,14 @@ def process_batch(settings: Settings, batch: dict) -> dict:
         with contextlib.closing(OrderedCopies(cur)) as copies:
             for block in cleaned_blocks(settings, batch_id):
                 block = duplicates.mark(block)
-                is_clean = block["reason"].is_null()
-                clean, rejected = block.filter(is_clean), block.filter(pc.invert(is_clean))
-                copies.put("listings", clean.select(list(CLEAN_COLUMNS)))
-                copies.put("rejects", rejected.select(["raw_id", "batch_id", "reason"]))
+                # the block itself (in the object store) with a mask: COPY filters it slice by slice
+                is_clean, is_rejected = block["reason"].is_null(), block["reason"].is_valid()
+                copies.put("listings", block.select(list(CLEAN_COLUMNS)), is_clean)
+                copies.put("rejects", block.select(["raw_id", "batch_id", "reason"]), is_rejected)
                 distinct += distinct_ids(block["raw_id"].to_numpy())  # blocks in raw_id order: the marker checks
-                clean_rows, rejected_rows = clean_rows + clean.num_rows, rejected_rows + rejected.num_rows
-                reasons.update(r.split(" ", 1)[0] for r in rejected["reason"].to_pylist())  # by the field at fault
+                rejected = block["reason"].filter(is_rejected)
+                clean_rows, rejected_rows = clean_rows + block.num_rows - len(rejected), rejected_rows + len(rejected)
+                reasons.update(r.split(" ", 1)[0] for r in rejected.to_pylist())  # by the field at fault
             copies.wait()
         if clean_rows + rejected_rows != batch["rows"] or distinct != batch["rows"]:
             raise AccountingError(f"batch {batch_id}: raw ledger says {batch['rows']} rows, read "

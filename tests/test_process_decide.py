@@ -234,3 +234,29 @@ def test_a_failed_copy_is_raised_and_nothing_of_the_batch_stays(settings):
     with clean_conn(settings).cursor() as cur:
         cur.execute("SELECT count(*) FROM listings WHERE raw_id = ANY(%s)", (ids,))
         assert cur.fetchone()[0] == 0
+
+
+def test_a_copy_that_fails_midway_names_the_value_and_nothing_stays(settings):
+    """``db.copy_arrow`` encodes and filters slice by slice as psycopg2 sends: a value that cannot take
+    its column's type in a later slice (here raw_id "x" as bigint, after the first 8192 rows were sent)
+    fails the COPY with an error naming it, and the transaction keeps none of the rows sent before it;
+    the mask ``where`` writes only its rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    count = db.EncodedRows.SLICE_ROWS + 100
+    ids = [str(2**62 + 20 + i) for i in range(count)]
+    rows = pa.table({"raw_id": ids, "batch_id": [-1] * count, "reason": ["test"] * count})
+    odd = pc.equal(pc.bit_wise_and(pa.array(range(count)), 1), 1)
+    with db.transaction(settings.clean_db) as cur:
+        assert db.copy_arrow(cur, "rejects", rows, where=odd) == count // 2
+        cur.execute("SELECT count(*), min(raw_id) FROM rejects WHERE batch_id = -1")
+        assert cur.fetchone() == (count // 2, 2**62 + 21)
+        cur.connection.rollback()
+    bad = rows.set_column(0, "raw_id", pa.array([*ids[:-1], "x"]))
+    with (pytest.raises(psycopg2.errors.QueryCanceled, match=r"Failed to parse string: 'x' as a scalar of type int64"),
+          db.transaction(settings.clean_db) as cur):
+        db.copy_arrow(cur, "rejects", bad)
+    with clean_conn(settings).cursor() as cur:
+        cur.execute("SELECT count(*) FROM rejects WHERE batch_id = -1")
+        assert cur.fetchone()[0] == 0
