@@ -117,7 +117,10 @@ CREATE TABLE IF NOT EXISTS listings (
     house_size DOUBLE PRECISION,
     prev_sold_date DATE
 );
-CREATE INDEX IF NOT EXISTS listings_batch_id ON listings (batch_id);
+-- a batch's rows are appended together (one transaction's COPYs), so a BRIN index finds them: its
+-- upkeep is nearly free where the B-tree's was 0.13 s of a 230k-row batch's ~0.5 s of COPY (issue 18)
+DROP INDEX IF EXISTS listings_batch_id;
+CREATE INDEX IF NOT EXISTS listings_batch_range ON listings USING brin (batch_id) WITH (autosummarize = on);
 CREATE TABLE IF NOT EXISTS rejects (
     raw_id BIGINT PRIMARY KEY,
     batch_id BIGINT NOT NULL,
@@ -235,13 +238,20 @@ def copy_in(cur, table: str, columns: Sequence[str], rows: Iterable[Sequence] | 
     source = rows if isinstance(rows, CsvRows) else CsvRows(rows)
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL {})").format(
         sql.Identifier(table), identifiers(columns), sql.Literal(source.null))
+    copy_from(cur, statement, source)
+    return source.count
+
+
+def copy_from(cur, statement: sql.Composable, source: CsvRows | EncodedRows) -> None:
+    """Run the COPY ... FROM STDIN ``statement`` reading ``source``, a file-like object that keeps the
+    error of a failed ``read``: psycopg2 then ends the COPY with an error of its own ("error in .read()
+    call"), and what failed is raised instead."""
     try:
         cur.copy_expert(statement.as_string(cur), source, size=CsvRows.CHUNK)
     except psycopg2.Error:
-        if source.error is not None:  # psycopg2 ends the COPY on a failed read: raise what failed
+        if source.error is not None:
             raise source.error from None
         raise
-    return source.count
 
 
 class CsvRows:
@@ -323,6 +333,7 @@ class EncodedRows:
 
         self.encoder = pgpq.ArrowToPostgresBinaryEncoder(target)
         self.parts = self._encoded(rows, target, where)
+        self.error: Exception | None = None
 
     def _encoded(self, rows, target, where) -> Iterator[bytes]:
         yield self.encoder.write_header()
@@ -336,7 +347,11 @@ class EncodedRows:
 
     def read(self, size: int = -1) -> bytes:
         """The next encoded bytes; empty only at the end (pgpq returns none for a slice while it buffers)."""
-        return next((part for part in self.parts if part), b"")
+        try:
+            return next((part for part in self.parts if part), b"")
+        except Exception as exc:  # a value that cannot take its column's type, say
+            self.error = exc
+            raise
 
 
 def copy_arrow(cur, table: str, rows, where=None) -> int:
@@ -364,7 +379,7 @@ def copy_arrow(cur, table: str, rows, where=None) -> int:
     target = pa.schema([pa.field(name, ARROW_TYPE_NAMES[types[name]]) for name in rows.column_names])
     copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(sql.Identifier(table),
                                                                           identifiers(rows.column_names))
-    cur.copy_expert(copy.as_string(cur), EncodedRows(rows, target, where))
+    copy_from(cur, copy, EncodedRows(rows, target, where))
     return count
 
 
