@@ -142,7 +142,10 @@ def cleaned_blocks(settings: Settings, batch_id: int) -> Iterator[pa.Table]:
     ds = ds.map_batches(clean_table, batch_format="pyarrow", batch_size=None,
                         fn_kwargs={"price_min": settings.clean_price_min, "price_max": settings.clean_price_max,
                                    "today": dt.date.today()})
-    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    # Without prefetching: with Ray Data's default (one batch ahead) a block reached the driver only once
+    # the next one was fetched too, 0.2 s after its task ended when two tasks end together (a batch's
+    # median 0.945 -> 0.896 s, 12 runs each). On one node every block is in its object store already.
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
 def distinct_ids(ids: np.ndarray) -> int:
