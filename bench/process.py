@@ -20,6 +20,7 @@ import contextlib
 import io
 import logging
 import multiprocessing
+from collections.abc import Iterator
 
 import pandas as pd
 import sqlalchemy
@@ -46,22 +47,29 @@ def main() -> None:
 
 
 def tasador_time(settings, group: int, day: str) -> tuple[int, int, dict]:
-    """Ingest (group, day)'s next batch, then time ``process_pending`` on it from this process, a driver
-    of the stack's Ray cluster (its workers warmed once first, as a running cluster's are): (raw rows,
-    batch id, timer)."""
+    """Ingest (group, day)'s next batch, then time ``process_pending`` on it from a ``warm_driver``: (raw
+    rows, batch id, timer)."""
     ingested = ingest_next(settings, group, day)
+    with warm_driver(settings, ingested.batch_id), timer() as t_tasador:
+        result = processing.process_pending(settings, group, day)
+    assert result["batches"][0]["clean_rows"] + result["batches"][0]["rejected_rows"] == ingested.rows
+    return ingested.rows, ingested.batch_id, t_tasador
+
+
+@contextlib.contextmanager
+def warm_driver(settings, batch_id: int) -> Iterator[None]:
+    """This process as a driver of the stack's Ray cluster, its workers warmed once on the batch first (as
+    a running cluster's are); disconnected at the end, before the stack goes down (or the driver aborts
+    waiting for the GCS)."""
     use_cluster_auth(settings)
     import ray
 
     ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
     try:
-        list(processing.cleaned_blocks(settings, ingested.batch_id))
-        with timer() as t_tasador:
-            result = processing.process_pending(settings, group, day)
+        list(processing.cleaned_blocks(settings, batch_id))
+        yield
     finally:
-        ray.shutdown()  # before the stack goes down, or the driver aborts waiting for the GCS
-    assert result["batches"][0]["clean_rows"] + result["batches"][0]["rejected_rows"] == ingested.rows
-    return ingested.rows, ingested.batch_id, t_tasador
+        ray.shutdown()
 
 
 def pandas_time(settings, batch_id: int) -> tuple[dict, pd.DataFrame]:
@@ -110,16 +118,8 @@ def memory_run(settings, batch_id: int) -> dict:
         query = processing.raw_batch_query(batch_id).as_string(cur)
     arrow_mb = db.read_arrow(settings.raw_db, query).nbytes / 2**20
     head = processes.load_registry(settings.state_path)["ray_head"]["pid"]
-    use_cluster_auth(settings)
-    import ray
-
-    ray.init(address=ray_head.driver_address(settings), logging_level=logging.WARNING)
-    try:
-        list(processing.cleaned_blocks(settings, batch_id))  # warm, as tasador_time does
-        with TreeMemory(head, every_s=0.05, proportional=True) as memory:
-            processing.process_pending(settings, 1, "bench")
-    finally:
-        ray.shutdown()
+    with warm_driver(settings, batch_id), TreeMemory(head, every_s=0.05, proportional=True) as memory:
+        processing.process_pending(settings, 1, "bench")
     return {"batch_arrow_mb": arrow_mb, "peak_memory_mb": memory.peak_mb - memory.first_mb}
 
 

@@ -156,13 +156,15 @@ def distinct_ids(ids: np.ndarray) -> int:
 
 class OrderedCopies:
     """A batch's COPYs, one at a time and in order, on its transaction's cursor in a thread of their own:
-    the driver takes, marks and splits the next block (~0.05 s) while the server ingests this one (~0.2 s
-    for 57.6k rows, most of a batch's writing), where before the two took turns. At most ``depth`` COPYs
-    wait, so memory stays bounded. A failed COPY is raised at the next ``put`` or at ``wait``; ``close``
-    drops the waiting ones and waits for the running one, before the transaction rolls back."""
+    the driver takes and marks the next block while the server ingests this one (most of a batch's
+    writing), where before the two took turns. At most ``depth`` COPYs wait, so memory stays bounded.
+    ``written``: the rows the server stored, per table, once ``wait`` returns. A failed COPY is raised at
+    the next ``put`` or at ``wait``; ``close`` drops the waiting ones and waits for the running one,
+    before the transaction rolls back."""
 
     def __init__(self, cur, depth: int = 4) -> None:
         self.cur, self.depth, self.seconds = cur, depth, 0.0
+        self.written: collections.Counter[str] = collections.Counter()
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="copy")
         self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
 
@@ -174,7 +176,7 @@ class OrderedCopies:
 
     def _copy(self, table: str, rows: pa.Table, where: pa.ChunkedArray | None) -> None:
         started = time.perf_counter()
-        db.copy_arrow(self.cur, table, rows, where)
+        self.written[table] += db.copy_arrow(self.cur, table, rows, where)
         self.seconds += time.perf_counter() - started
 
     def wait(self) -> None:
@@ -192,7 +194,7 @@ def process_batch(settings: Settings, batch: dict) -> dict:
     batch_id = batch["batch_id"]
     started = time.perf_counter()
     duplicates = DuplicateMarker()
-    distinct, clean_rows, rejected_rows, reasons = 0, 0, 0, collections.Counter()
+    distinct, reasons = 0, collections.Counter()
     with db.transaction(settings.clean_db) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (batch_id,))
         # The raw batch stays the source of truth and the ledger row commits with the rows, so a crash
@@ -205,14 +207,15 @@ def process_batch(settings: Settings, batch: dict) -> dict:
             for block in cleaned_blocks(settings, batch_id):
                 block = duplicates.mark(block)
                 # the block itself (in the object store) with a mask: COPY filters it slice by slice
-                is_clean, is_rejected = block["reason"].is_null(), block["reason"].is_valid()
-                copies.put("listings", block.select(list(CLEAN_COLUMNS)), is_clean)
+                is_rejected = block["reason"].is_valid()
+                copies.put("listings", block.select(list(CLEAN_COLUMNS)), block["reason"].is_null())
                 copies.put("rejects", block.select(["raw_id", "batch_id", "reason"]), is_rejected)
                 distinct += distinct_ids(block["raw_id"].to_numpy())  # blocks in raw_id order: the marker checks
-                rejected = block["reason"].filter(is_rejected)
-                clean_rows, rejected_rows = clean_rows + block.num_rows - len(rejected), rejected_rows + len(rejected)
-                reasons.update(r.split(" ", 1)[0] for r in rejected.to_pylist())  # by the field at fault
+                # by the field at fault
+                reasons.update(r.split(" ", 1)[0] for r in block["reason"].filter(is_rejected).to_pylist())
             copies.wait()
+        # the rows the server stored, not the driver's own count of what it sent
+        clean_rows, rejected_rows = copies.written["listings"], copies.written["rejects"]
         if clean_rows + rejected_rows != batch["rows"] or distinct != batch["rows"]:
             raise AccountingError(f"batch {batch_id}: raw ledger says {batch['rows']} rows, read "
                                   f"{clean_rows + rejected_rows} ({distinct} distinct): clean {clean_rows} + "
