@@ -241,7 +241,7 @@ class PricingReplica:
     def _done(self, route: str, started: float, code: int, body: dict | bytes, kind: str | None = None,
               headers: dict | None = None) -> Response:
         self.metrics.requests.inc(tags={"route": route, "code": str(code)})
-        self.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
+        self.metrics.latency.observe((time.perf_counter() - started) * 1000, route)
         if code >= 400:
             self.metrics.errors.inc(tags={"route": route, "kind": kind or str(code)})
         if isinstance(body, bytes):

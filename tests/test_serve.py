@@ -417,6 +417,21 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
     ingress = poll(lambda: _instant(s, CHARTS["errors by kind (req/s)"].lines[INGRESS_5XX]), bool, 60,
                    "the ingress 5xx line's series", every_s=3)
     assert len(ingress) == 1 and float(ingress[0]["value"][1]) >= 0
+    # the latency histogram (serve_app.metrics.LatencyHistogram): the requests above in /predict's +Inf
+    # bucket and in its count alike, and the Dash app's p99 line a number of milliseconds
+    def totals() -> set[float]:
+        return {sum(float(r["value"][1]) for r in _instant(s, q)) for q in (
+            'ray_tasador_request_latency_ms_bucket{route="/predict",le="+Inf"}',
+            'ray_tasador_request_latency_ms_count{route="/predict"}')}
+
+    poll(totals, lambda got: len(got) == 1 and min(got) >= 5, 60, "the +Inf bucket equal to the count", every_s=3)
+    # a rate needs an increase after the series' first scrape: more requests now that it is scraped
+    for _ in range(5):
+        requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
+    p99_query = CHARTS["/predict latency (ms)"].lines["p99"].replace("[1m]", "[10m]")
+    p99 = poll(lambda: _instant(s, p99_query), lambda got: got and not math.isnan(float(got[0]["value"][1])), 60,
+               "a p99 from the histogram", every_s=3)
+    assert 0 < float(p99[0]["value"][1]) <= 5000, p99
 
 
 def _instant(s, query: str) -> list[dict]:
