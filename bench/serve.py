@@ -9,6 +9,7 @@ moves; wrk counts failures. Figures: req/s, p50/p99 latency, rows/s, failed requ
 slowest probe request during the swap.
 """
 
+import collections
 import json
 import os
 import re
@@ -278,6 +279,11 @@ def overload(settings, one: str, seconds: int) -> dict:
             "probe_accepted_p99_ms": probe_accepted,
             "accepted_p99_ratio": round(p99_ms(accepted) / p99_ms(ok), 2) if ok and accepted else None,
             "accepted_p99_ratio_rounds": rounds,
+            "sustainable_failed_rounds": [sum(1 for _, _, code, _ in phase if code != 200)
+                                          for phase in calm["requests"]],
+            # when in a phase the failures at the sustainable rate came (seconds from its start, whole)
+            "sustainable_failed_at_s": sorted(collections.Counter(
+                int(due) for phase in calm["requests"] for due, _, code, _ in phase if code != 200).items()),
             "probe_accepted_p99_ratio": round(probe_accepted / probe_calm, 2) if probe_calm and probe_accepted
             else None}
 
