@@ -354,7 +354,7 @@ class EncodedRows:
             raise
 
 
-def copy_arrow(cur, table: str, rows, where=None) -> int:
+def copy_arrow(cur, table: str, rows, where=None, target=None) -> int:
     """Append the Arrow table ``rows`` (its columns are some of ``table``'s), or only the rows where the
     Arrow boolean array ``where`` is true, to ``table`` by binary COPY, in ``cur``'s transaction: pgpq encodes
     the columns in PostgreSQL's binary COPY format (``EncodedRows``, slice by slice) and psycopg2 sends
@@ -362,24 +362,32 @@ def copy_arrow(cur, table: str, rows, where=None) -> int:
     ADBC needs its own connection for the transaction (25-30 ms of CPU to open, for the type catalogue)
     and took ~65 ms of CPU to encode a 57.6k-row block before the server saw a byte; pgpq ~20 ms. Binary
     COPY takes each value in its column's exact type, so the rows are cast to the table's first
-    (float64 -> real for bed and bath). Returns the number of rows the server says it stored."""
-    import pyarrow as pa
+    (float64 -> real for bed and bath): ``target``, ``copy_target``'s schema for these columns, read from
+    the catalogue when not given. Returns the number of rows the server says it stored."""
     import pyarrow.compute as pc
 
     if not rows.num_rows or (where is not None and not pc.any(where).as_py()):
         return 0
-    cur.execute("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
-                " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,))
-    types = dict(cur.fetchall())
-    unknown = [f"{name} ({types.get(name, 'not a column')})" for name in rows.column_names
-               if types.get(name) not in ARROW_TYPE_NAMES]
-    if unknown:
-        raise TypeError(f"cannot COPY into {table}: no Arrow type for {', '.join(unknown)}")
-    target = pa.schema([pa.field(name, ARROW_TYPE_NAMES[types[name]]) for name in rows.column_names])
+    target = target or copy_target(cur, table, rows.column_names)
     copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(sql.Identifier(table),
                                                                           identifiers(rows.column_names))
     copy_from(cur, copy, EncodedRows(rows, target, where))
     return cur.rowcount
+
+
+def copy_target(cur, table: str, columns: list[str]):
+    """The Arrow schema ``columns`` of ``table`` take in a binary COPY, from the catalogue: a caller that
+    COPYs into the same table again in a transaction reads it once (``processing.OrderedCopies``)."""
+    import pyarrow as pa
+
+    cur.execute("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
+                " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,))
+    types = dict(cur.fetchall())
+    unknown = [f"{name} ({types.get(name, 'not a column')})" for name in columns
+               if types.get(name) not in ARROW_TYPE_NAMES]
+    if unknown:
+        raise TypeError(f"cannot COPY into {table}: no Arrow type for {', '.join(unknown)}")
+    return pa.schema([pa.field(name, ARROW_TYPE_NAMES[types[name]]) for name in columns])
 
 
 def copy_out_csv(cur, query: sql.Composable) -> str:

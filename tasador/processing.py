@@ -165,6 +165,7 @@ class OrderedCopies:
     def __init__(self, cur, depth: int = 4) -> None:
         self.cur, self.depth, self.seconds = cur, depth, 0.0
         self.written: collections.Counter[str] = collections.Counter()
+        self.targets: dict[tuple, pa.Schema] = {}  # (table, columns): their types (db.copy_target)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="copy")
         self.pending: collections.deque[concurrent.futures.Future] = collections.deque()
 
@@ -176,7 +177,10 @@ class OrderedCopies:
 
     def _copy(self, table: str, rows: pa.Table, where: pa.ChunkedArray | None) -> None:
         started = time.perf_counter()
-        self.written[table] += db.copy_arrow(self.cur, table, rows, where)
+        key = (table, tuple(rows.column_names))  # the catalogue read once, not at each of a batch's COPYs
+        if key not in self.targets:
+            self.targets[key] = db.copy_target(self.cur, table, rows.column_names)
+        self.written[table] += db.copy_arrow(self.cur, table, rows, where, self.targets[key])
         self.seconds += time.perf_counter() - started
 
     def wait(self) -> None:
