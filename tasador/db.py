@@ -7,6 +7,7 @@ Every table of every database is created here, once. SQL is parameterised; ident
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import logging
@@ -210,11 +211,50 @@ def sqlalchemy_url(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
+# which DDL each database was last brought to: its text's SHA-256, written with the DDL it names
+SCHEMA_VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS schema_versions (
+    database TEXT PRIMARY KEY,
+    ddl_sha256 TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)"""
+
+
 def create_tables(url: str, database: str) -> None:
-    """Create the tables of ``database`` ("raw", "clean") if missing. Idempotent."""
+    """Create the tables of ``database`` ("raw", "clean") if missing, or bring them to this code's DDL.
+    Idempotent. The DDL runs only when ``schema_versions`` says the database was last brought to another
+    text: its statements lock tables even when there is nothing to do (``CREATE INDEX IF NOT EXISTS`` a
+    SHARE lock before it finds the index, ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` an exclusive one),
+    so running it at every step made a step wait for any writer of those tables and for autovacuum
+    (processing stalled 1 s, PostgreSQL's ``deadlock_timeout``, before autovacuum was cancelled, in about
+    one batch in eight), and held off the decisions' readers. Each step still calls this: a database
+    another version of the code set up is brought to this one's at its first step."""
     with transaction(url) as cur:
+        ddl = ddl_text(cur, database)
+        digest = hashlib.sha256(ddl.encode()).hexdigest()
+        if _schema_is(cur, database, digest):
+            return
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tasador-ddl-{database}",))
-        cur.execute(DDL_BY_DATABASE[database])
+        cur.execute(ddl)
+        cur.execute(SCHEMA_VERSIONS_DDL)
+        cur.execute("INSERT INTO schema_versions (database, ddl_sha256) VALUES (%s, %s) ON CONFLICT (database)"
+                    " DO UPDATE SET ddl_sha256 = EXCLUDED.ddl_sha256, applied_at = now()", (database, digest))
+
+
+def ddl_text(cur, database: str) -> str:
+    """``database``'s DDL as the server runs it (the raw one names its columns through ``psycopg2.sql``)."""
+    ddl = DDL_BY_DATABASE[database]
+    return ddl.as_string(cur) if isinstance(ddl, sql.Composable) else ddl
+
+
+def _schema_is(cur, database: str, digest: str) -> bool:
+    """Whether ``database`` was last brought to the DDL whose SHA-256 is ``digest``: no table lock taken
+    but ``schema_versions``' own (ACCESS SHARE)."""
+    cur.execute("SELECT to_regclass('schema_versions') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return False
+    cur.execute("SELECT ddl_sha256 = %s FROM schema_versions WHERE database = %s", (digest, database))
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def create_all_tables(settings) -> None:

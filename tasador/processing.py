@@ -149,9 +149,18 @@ def cleaned_blocks(settings: Settings, batch_id: int) -> Iterator[pa.Table]:
 
 
 def distinct_ids(ids: np.ndarray) -> int:
-    """How many distinct ids a block has: its length when they increase (a range read in id order, the
-    usual case: no sort), else by ``np.unique`` (0.036 s of the driver's CPU per batch for every block)."""
-    return len(ids) if bool((ids[1:] > ids[:-1]).all()) else len(np.unique(ids))
+    """How many distinct ids a block has: its length when they increase, else by marking each in a
+    bitmap of the block's id range (a shard is a range of a batch's dense ids). A range comes back in
+    heap order, not id order (a fresh 230k-row batch had 210 inversions), so ``np.unique``'s sort ran for
+    every block: 0.085 s of the driver's CPU per batch, against about 1 ms; it stays for sparse ids."""
+    if not len(ids) or bool((ids[1:] > ids[:-1]).all()):
+        return len(ids)
+    low, high = int(ids.min()), int(ids.max())
+    if high - low >= 8 * len(ids):
+        return len(np.unique(ids))
+    seen = np.zeros(high - low + 1, dtype=bool)
+    seen[ids - low] = True
+    return int(np.count_nonzero(seen))
 
 
 class OrderedCopies:

@@ -120,6 +120,20 @@ def test_duplicates_marked_block_by_block_match_the_whole_batch(rows, cuts):
     assert streamed["raw_id"].tolist() == whole["raw_id"].tolist()
 
 
+def test_a_blocks_distinct_ids_are_counted_in_any_order():
+    """Processing's accounting counts each raw row once per block; a range read comes back in heap order."""
+    import numpy as np
+
+    from tasador.processing import distinct_ids
+
+    ids = np.random.default_rng(7).permutation(np.arange(5_000, 62_592))
+    assert distinct_ids(ids) == len(ids)
+    assert distinct_ids(np.concatenate([ids, ids[:10]])) == len(ids)  # a row read twice is not a new row
+    assert distinct_ids(np.arange(10)) == 10
+    assert distinct_ids(np.array([1, 10**15, 1])) == 2  # sparse ids: counted by sorting
+    assert distinct_ids(np.array([], dtype=np.int64)) == 0
+
+
 def test_a_block_before_an_earlier_one_is_refused():
     """The marker keeps the first of a pair: a block that goes back in raw_id order would mark the wrong one."""
     import pyarrow as pa

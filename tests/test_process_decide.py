@@ -183,6 +183,50 @@ def test_a_kept_read_connection_the_server_ended_is_replaced(settings):
     db._KEPT_READERS.pop(settings.raw_db).close()
 
 
+def test_a_step_does_not_wait_for_a_writer_to_set_up_its_tables(settings):
+    """Every step calls ``db.create_tables``; once the database is at this code's DDL it takes no table
+    lock, so a step does not queue behind a COPY into ``listings`` or a reader of ``decisions`` (its
+    ``CREATE INDEX IF NOT EXISTS`` and ``ALTER TABLE ... IF NOT EXISTS`` used to wait for both)."""
+    import threading
+
+    db.create_tables(settings.clean_db, "clean")
+    holder = psycopg2.connect(settings.clean_db)
+    try:
+        with holder.cursor() as cur:  # a writer of listings and a reader of decisions, both in flight
+            cur.execute("LOCK TABLE listings IN ROW EXCLUSIVE MODE")
+            cur.execute("LOCK TABLE decisions IN ACCESS SHARE MODE")
+        step = threading.Thread(target=db.create_tables, args=(settings.clean_db, "clean"), daemon=True)
+        step.start()
+        step.join(timeout=10)
+        assert not step.is_alive(), "create_tables waited for a writer's table lock"
+    finally:
+        holder.rollback()
+        holder.close()
+    step.join(timeout=30)
+
+
+def test_a_changed_ddl_is_applied_at_the_next_step(settings, monkeypatch):
+    """A database last set up by other code (another DDL text) is brought to this code's at the next step."""
+    import hashlib
+
+    extra = "\nCREATE TABLE IF NOT EXISTS ddl_probe (x INT);"
+    monkeypatch.setitem(db.DDL_BY_DATABASE, "clean", db.DDL_BY_DATABASE["clean"] + extra)
+    try:
+        db.create_tables(settings.clean_db, "clean")
+        with db.transaction(settings.clean_db) as cur:
+            cur.execute("SELECT to_regclass('ddl_probe') IS NOT NULL")
+            assert cur.fetchone()[0]
+        db.create_tables(settings.clean_db, "clean")  # now current: nothing to do, and nothing fails
+    finally:
+        with db.transaction(settings.clean_db) as cur:
+            cur.execute("DROP TABLE IF EXISTS ddl_probe")
+    monkeypatch.undo()
+    db.create_tables(settings.clean_db, "clean")  # back to this code's DDL, recorded as such
+    with db.transaction(settings.clean_db) as cur:
+        cur.execute("SELECT ddl_sha256 FROM schema_versions WHERE database = 'clean'")
+        assert cur.fetchone()[0] == hashlib.sha256(db.ddl_text(cur, "clean").encode()).hexdigest()
+
+
 def test_binary_copy_stores_every_value_as_given(settings):
     """``db.copy_arrow`` (pgpq's binary COPY encoding) into ``listings``: nulls in every nullable column,
     the extremes of each type, text beyond ASCII, a zip code with a leading zero, and float64 bed and
