@@ -225,8 +225,8 @@ def create_tables(url: str, database: str) -> None:
     text: its statements lock tables even when there is nothing to do (``CREATE INDEX IF NOT EXISTS`` a
     SHARE lock before it finds the index, ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` an exclusive one),
     so running it at every step made a step wait for any writer of those tables and for autovacuum
-    (processing stalled 1 s, PostgreSQL's ``deadlock_timeout``, before autovacuum was cancelled, in about
-    one batch in eight), and held off the decisions' readers. Each step still calls this: a database
+    (processing stalled 1 s, PostgreSQL's ``deadlock_timeout``, before autovacuum was cancelled, in 3 of
+    43 lab batches), and held off the decisions' readers. Each step still calls this: a database
     another version of the code set up is brought to this one's at its first step."""
     with transaction(url) as cur:
         ddl = ddl_text(cur, database)
@@ -234,6 +234,8 @@ def create_tables(url: str, database: str) -> None:
         if _schema_is(cur, database, digest):
             return
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tasador-ddl-{database}",))
+        if _schema_is(cur, database, digest):  # another step brought it there while this one waited
+            return
         cur.execute(ddl)
         cur.execute(SCHEMA_VERSIONS_DDL)
         cur.execute("INSERT INTO schema_versions (database, ddl_sha256) VALUES (%s, %s) ON CONFLICT (database)"
