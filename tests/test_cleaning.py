@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasador.cleaning import DuplicateMarker, clean_frame, clean_table, mark_duplicates, split_key
+from tasador.cleaning import DuplicateMarker, clean_frame, clean_table, hash_columns, mark_duplicates, split_key
 from tasador.schema import COLUMNS
 from tests.conftest import SAMPLES, needs_samples
 
@@ -151,6 +151,22 @@ def test_relisted_property_shares_its_id_and_split_bucket():
     ids = out["property_id"].tolist()
     assert ids[0] == ids[1] != ids[2]
     assert split_key(out["property_id"])[0] == split_key(out["property_id"])[1]
+
+
+PLACE = st.one_of(st.none(), st.sampled_from(["Boston", "San Juan", "Añasco", ""]), st.text(max_size=6))
+
+
+@settings(max_examples=80, deadline=None)
+@given(places=st.lists(st.tuples(PLACE, PLACE, st.one_of(st.none(), st.integers(0, 2**62)),
+                                 st.one_of(st.none(), st.floats(allow_nan=True))), max_size=30))
+def test_columns_hash_as_pandas_hashes_them(places):
+    """The property id's hashing (Arrow strings hashed by their distinct values) gives pandas' own
+    ``hash_pandas_object``, bit for bit: the ids already stored are made of it."""
+    df = pd.DataFrame(places, columns=["city", "state", "street", "bed"]).astype(
+        {"city": "string[pyarrow]", "state": "string[pyarrow]", "street": "Int64", "bed": "float64"})
+    expected = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    assert (hash_columns(df, list(df.columns)) == expected).all()
+    assert (hash_columns(df.astype({"city": object}), list(df.columns)) == expected).all()
 
 
 @pytest.mark.parametrize("name", ["pjayajothi_realtor-data_head999.csv", "cmaldikar_realtor-data_head1MiB.csv",
