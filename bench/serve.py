@@ -242,9 +242,10 @@ def overload(settings, one: str, seconds: int) -> dict:
         phases["requests"].append(loaded["requests"])
         phases["unanswered"] += loaded["unanswered"]
         phases["lag_p99_ms"] = max(phases["lag_p99_ms"], loaded["lag_p99_ms"] or 0)
+        phases["connections"].append(loaded["connections"])
 
-    calm = {"requests": [], "probed": [], "unanswered": 0, "lag_p99_ms": 0.0}
-    loaded = {"requests": [], "probed": [], "unanswered": 0, "lag_p99_ms": 0.0}
+    calm = {"requests": [], "probed": [], "unanswered": 0, "lag_p99_ms": 0.0, "connections": []}
+    loaded = {"requests": [], "probed": [], "unanswered": 0, "lag_p99_ms": 0.0, "connections": []}
     for _ in range(OVERLOAD_ROUNDS):
         timed(rate, calm)
         timed(4 * rate, loaded)
@@ -274,6 +275,8 @@ def overload(settings, one: str, seconds: int) -> dict:
             "unanswered": calm["unanswered"] + loaded["unanswered"],
             "overload_slowest_ms": round(max(t for _, t, _, _ in calm_requests + loaded_requests) * 1000, 1),
             "load_lag_p99_ms": max(calm["lag_p99_ms"], loaded["lag_p99_ms"]),
+            # connections the generator opened per phase (a closed one is replaced)
+            "sustainable_connections": calm["connections"], "overload_connections": loaded["connections"],
             "probe_sustainable_p99_ms": probe_calm,
             "probe_refused_p99_ms": p99_ms([t for t, code in loaded["probed"] if code == 503]),
             "probe_accepted_p99_ms": probe_accepted,

@@ -237,15 +237,15 @@ def create_tables(url: str, database: str) -> None:
         if _schema_is(cur, database, digest):  # another step brought it there while this one waited
             return
         cur.execute(ddl)
-        cur.execute(SCHEMA_VERSIONS_DDL)
         cur.execute("INSERT INTO schema_versions (database, ddl_sha256) VALUES (%s, %s) ON CONFLICT (database)"
                     " DO UPDATE SET ddl_sha256 = EXCLUDED.ddl_sha256, applied_at = now()", (database, digest))
 
 
 def ddl_text(cur, database: str) -> str:
-    """``database``'s DDL as the server runs it (the raw one names its columns through ``psycopg2.sql``)."""
+    """``database``'s DDL as the server runs it (the raw one names its columns through ``psycopg2.sql``),
+    ``schema_versions``' own included: a change to either is a new digest, so it is applied."""
     ddl = DDL_BY_DATABASE[database]
-    return ddl.as_string(cur) if isinstance(ddl, sql.Composable) else ddl
+    return f"{ddl.as_string(cur) if isinstance(ddl, sql.Composable) else ddl};\n{SCHEMA_VERSIONS_DDL};"
 
 
 def _schema_is(cur, database: str, digest: str) -> bool:
