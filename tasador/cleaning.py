@@ -295,14 +295,12 @@ class DuplicateMarker:
         wanted = np.union1d(fresh[in_sorted(fresh, self.hashes)], fresh[1:][fresh[1:] == fresh[:-1]])
         if len(wanted):
             mine = sorted_matches(fresh, wanted)  # positions in ``fresh``
-            earlier = [rows.take(at[match][still[match]])
-                       for rows, sorted_hashes, at, still in self.blocks
-                       for match in [sorted_matches(sorted_hashes, wanted)]]
+            earlier = [self._kept_rows(earlier_block, wanted) for earlier_block in self.blocks]
             compared = pa.concat_tables([*(rows for rows in earlier if rows.num_rows),
                                          block.take(np.sort(fresh_rows[mine]))])
             judged = mark_duplicates(compared.to_pandas(types_mapper=ARROW_STRINGS))  # in raw_id order
-            at = np.searchsorted(judged["raw_id"].to_numpy(), raw_ids[fresh_rows[mine]])
-            reasons = judged["reason"].to_numpy(dtype=object, na_value=None)[at]
+            position = np.searchsorted(judged["raw_id"].to_numpy(), raw_ids[fresh_rows[mine]])
+            reasons = judged["reason"].to_numpy(dtype=object, na_value=None)[position]
             repeated = pd.notna(reasons)
             if repeated.any():
                 kept[mine[repeated]] = False
@@ -318,6 +316,13 @@ class DuplicateMarker:
         self.hashes = np.sort(np.concatenate([self.hashes, fresh]))
         self.last_raw_id = int(raw_ids.max())
         return block
+
+    @staticmethod
+    def _kept_rows(earlier_block: tuple, wanted: np.ndarray) -> pa.Table:
+        """An earlier block's rows that are still clean and whose hash is in ``wanted``."""
+        rows, sorted_hashes, rows_at, kept = earlier_block
+        match = sorted_matches(sorted_hashes, wanted)
+        return rows.take(rows_at[match][kept[match]])
 
 
 def in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
