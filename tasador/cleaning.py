@@ -21,6 +21,7 @@ The rules, decided from the real file (DESIGN 3.1) and the real-format samples:
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -259,6 +260,22 @@ def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+class MarkedBlock(NamedTuple):
+    """A block ``DuplicateMarker`` has marked, kept for the exact check of later blocks: the block itself
+    (Ray Data's, in the object store), not a filtered copy (the driver's Arrow memory per batch 53 -> 23
+    MiB); its clean rows' hashes, sorted; the row of each; whether that row is still clean after marking."""
+
+    rows: pa.Table
+    hashes: np.ndarray
+    rows_at: np.ndarray
+    kept: np.ndarray
+
+    def kept_rows(self, wanted: np.ndarray) -> pa.Table:
+        """The rows that are still clean and whose hash is in ``wanted``."""
+        match = sorted_matches(self.hashes, wanted)
+        return self.rows.take(self.rows_at[match][self.kept[match]])
+
+
 class DuplicateMarker:
     """``mark_duplicates`` over a batch that arrives block by block in ``raw_id`` order (each block's ids
     above every earlier block's), so that each block can be written while later ones are still cleaned: a
@@ -270,10 +287,7 @@ class DuplicateMarker:
 
     def __init__(self) -> None:
         self.hashes = np.empty(0, dtype=np.uint64)  # every clean row's hash so far, sorted
-        # every earlier block, for the exact check: the block itself (Ray Data's, in the object store), not
-        # a filtered copy (the driver's Arrow memory per batch 53 -> 23 MiB), with its clean rows' hashes
-        # sorted, the row of each, and whether that row is still clean after marking
-        self.blocks: list[tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.blocks: list[MarkedBlock] = []  # every earlier block, for the exact check
         self.last_raw_id: int | None = None
 
     def mark(self, block: pa.Table) -> pa.Table:
@@ -295,7 +309,7 @@ class DuplicateMarker:
         wanted = np.union1d(fresh[in_sorted(fresh, self.hashes)], fresh[1:][fresh[1:] == fresh[:-1]])
         if len(wanted):
             mine = sorted_matches(fresh, wanted)  # positions in ``fresh``
-            earlier = [self._kept_rows(earlier_block, wanted) for earlier_block in self.blocks]
+            earlier = [earlier_block.kept_rows(wanted) for earlier_block in self.blocks]
             compared = pa.concat_tables([*(rows for rows in earlier if rows.num_rows),
                                          block.take(np.sort(fresh_rows[mine]))])
             judged = mark_duplicates(compared.to_pandas(types_mapper=ARROW_STRINGS))  # in raw_id order
@@ -311,18 +325,11 @@ class DuplicateMarker:
                 reason = pc.replace_with_mask(block["reason"].combine_chunks(), pa.array(mask),
                                               pa.array(reasons[repeated][in_row_order].tolist(), type=pa.string()))
                 block = block.set_column(block.schema.get_field_index("reason"), "reason", reason)
-        self.blocks.append((block, fresh, fresh_rows, kept))
+        self.blocks.append(MarkedBlock(block, fresh, fresh_rows, kept))
         # the hashes of the rows just marked stay in: each repeats a kept clean row's, so the set is the same
         self.hashes = np.sort(np.concatenate([self.hashes, fresh]))
         self.last_raw_id = int(raw_ids.max())
         return block
-
-    @staticmethod
-    def _kept_rows(earlier_block: tuple, wanted: np.ndarray) -> pa.Table:
-        """An earlier block's rows that are still clean and whose hash is in ``wanted``."""
-        rows, sorted_hashes, rows_at, kept = earlier_block
-        match = sorted_matches(sorted_hashes, wanted)
-        return rows.take(rows_at[match][kept[match]])
 
 
 def in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
