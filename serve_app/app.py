@@ -211,6 +211,7 @@ class PricingReplica:
     def _start(self, loader_factory) -> None:
         began = time.time()
         self.settings = Settings.load()
+        metrics.skip_per_request_serve_histograms(self.settings)
         self.model = ProductionModel(self.settings, loader_factory)
         self.metrics = metrics.ApiMetrics()
         self.prediction_log = PredictionLog(self.settings, on_logged=self.metrics.logged.inc,

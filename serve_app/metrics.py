@@ -8,6 +8,7 @@ import bisect
 import threading
 
 from ray.serve import metrics
+from ray.util import metrics as ray_metrics
 
 LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 
@@ -26,6 +27,39 @@ EXPORTED = {
     "logged": "ray_tasador_predictions_logged_total",
     "lost": "ray_tasador_predictions_lost_total",
 }
+
+
+# Ray Serve's own histograms that a replica observes per request or per batch: each request's
+# processing latency, its ingress latency (a replica records it itself under HAProxy ingress, whose
+# own metrics are off: cluster/ray_head.py), and @serve.batch's wait, execution time, utilization and
+# size. Ray's metrics agent replays every observation one by one at each 10-s report (ray-project/ray#64852,
+# LatencyHistogram below), and Serve offers no switch for them (Ray 2.60: serve/_private/replica.py,
+# request_ingress_metrics.py, batching.py). Under load their replay stalled the replicas every 10 s.
+# Tasador's request latency histogram (counted in the replica) and its batch counters carry the same.
+PER_REQUEST_SERVE_HISTOGRAMS = frozenset({
+    "serve_deployment_processing_latency_ms", "serve_http_request_latency_ms", "serve_grpc_request_latency_ms",
+    "serve_batch_wait_time_ms", "serve_batch_execution_time_ms", "serve_batch_utilization_percent",
+    "serve_actual_batch_size"})
+
+
+def skip_per_request_serve_histograms(settings) -> None:
+    """Unless ``settings.serve_ray_request_histograms``: in this replica's process, ``observe`` of
+    ``PER_REQUEST_SERVE_HISTOGRAMS`` records nothing. Every other histogram, and Serve's counters and
+    gauges, record as before. Both histogram classes are wrapped: Serve's (``ray.serve.metrics``, which
+    adds Serve's tags first) and Ray's own, which Serve's ingress metrics use directly. Idempotent."""
+    if settings.serve_ray_request_histograms:
+        return
+    for cls in (metrics.Histogram, ray_metrics.Histogram):
+        observe = cls.__dict__["observe"]
+        if getattr(observe, "skips", None) is PER_REQUEST_SERVE_HISTOGRAMS:
+            continue
+
+        def observe_unless_per_request(self, value, tags=None, _observe=observe):
+            if self._name not in PER_REQUEST_SERVE_HISTOGRAMS:
+                _observe(self, value, tags)
+
+        observe_unless_per_request.skips = PER_REQUEST_SERVE_HISTOGRAMS
+        cls.observe = observe_unless_per_request
 
 
 class ApiMetrics:

@@ -397,7 +397,9 @@ class PriceModelServer:
     def __init__(self, loader_factory=large_requests_loader):
         import tasador.explain  # noqa: F401  (SHAP: imported before the replica answers, not in its first request)
 
-        self.model = ProductionModel(Settings.load(), loader_factory)
+        settings = Settings.load()
+        metrics.skip_per_request_serve_histograms(settings)
+        self.model = ProductionModel(settings, loader_factory)
         serve_at()  # started at the default priority (serve_app/priority.py)
 
     async def predict(self, requests: list[dict]) -> list[dict]:

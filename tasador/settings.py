@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     prediction_log_flush_s: float = 0.5  # a replica killed with SIGKILL loses at most this long of predictions
     prediction_log_close_s: float = 20.0  # a replica's graceful stop retries writing its backlog this long
     serve_max_body_bytes: int = 8_000_000  # a request body past this gets 413
+    # Ray Serve's own per-request and per-batch histograms (serve_app.metrics.PER_REQUEST_SERVE_HISTOGRAMS):
+    # off, Ray's agent replayed them one observation at a time every 10 s and stalled the replicas
+    serve_ray_request_histograms: bool = False
     # overload, refused by Serve's HAProxy (cluster/haproxy-rewrite-config) with 503 and Retry-After:
     # requests a replica gets at once; past that they queue, a request finding serve_queue_max waiting is
     # refused at once, and none waits past serve_queue_timeout_ms (0: no such limit, Ray's defaults)

@@ -1,10 +1,16 @@
 """serve_app.metrics.LatencyHistogram's arithmetic: observations into Prometheus's cumulative ``le``
-buckets, per route. Its gauges are replaced by recorders here: what Ray and Prometheus make of the real
-ones is tests/test_serve.py's ``test_prometheus_scrapes_the_serve_metrics`` (a real stack)."""
+buckets, per route, and the Serve histograms a replica does not record. Its gauges are replaced by
+recorders here: what Ray and Prometheus make of the real ones is tests/test_serve.py's
+``test_prometheus_scrapes_the_serve_metrics`` (a real stack)."""
 
 from __future__ import annotations
 
-from serve_app.metrics import LatencyHistogram
+import pytest
+from ray.serve import metrics as serve_metrics
+from ray.util import metrics as ray_metrics
+
+from serve_app.metrics import LatencyHistogram, skip_per_request_serve_histograms
+from tasador.settings import Settings
 
 
 class Recorder:
@@ -34,3 +40,36 @@ def test_observations_land_in_cumulative_le_buckets_per_route():
     h.report()
     assert h.count.values[(("route", "/predict"),)] == 7
     assert h.bucket.values[(("le", "1.0"), ("route", "/predict"))] == 3
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> list:
+    """What Ray's histograms hand to Ray's core (``Metric._record``), by name; both classes' ``observe``
+    restored after the test."""
+    for cls in (serve_metrics.Histogram, ray_metrics.Histogram):
+        monkeypatch.setattr(cls, "observe", cls.__dict__["observe"])
+    values = []
+    monkeypatch.setattr(ray_metrics.Metric, "_record", lambda self, value, tags=None: values.append(self._name))
+    return values
+
+
+def observe_serve_histograms() -> None:
+    """One observation of Serve's per-request ingress latency (Ray's class), of a @serve.batch histogram
+    (Serve's class), and of a Serve histogram observed once per replica start."""
+    ray_metrics.Histogram("serve_http_request_latency_ms", boundaries=[1, 2]).observe(1.5, tags={})
+    batch = serve_metrics.Histogram("serve_batch_wait_time_ms", boundaries=[1, 2], tag_keys=("function_name",))
+    batch.observe(0.5, tags={"function_name": "predict_batched"})
+    serve_metrics.Histogram("serve_model_load_latency_ms", boundaries=[1, 2]).observe(3, tags={})
+
+
+def test_serve_per_request_histograms_are_not_recorded_others_are(recorded):
+    skip_per_request_serve_histograms(Settings())
+    skip_per_request_serve_histograms(Settings())  # a second replica class in the process: wrapped once
+    observe_serve_histograms()
+    assert recorded == ["serve_model_load_latency_ms"]
+
+
+def test_serve_per_request_histograms_recorded_when_the_setting_asks(recorded):
+    skip_per_request_serve_histograms(Settings(serve_ray_request_histograms=True))
+    observe_serve_histograms()
+    assert recorded == ["serve_http_request_latency_ms", "serve_batch_wait_time_ms", "serve_model_load_latency_ms"]

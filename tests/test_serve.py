@@ -399,7 +399,9 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
               "ray_tasador_model_rmse", "ray_tasador_batches_total", "ray_tasador_batch_rows_total",
               "ray_tasador_predictions_logged_total",  # (a counter appears at its first increment)
               # Serve's ingress, from HAProxy's own exporter (cluster/prometheus.py): answered and refused
-              'haproxy_frontend_http_responses_total{proxy="http_frontend",code="2xx"} > 0'}
+              'haproxy_frontend_http_responses_total{proxy="http_frontend",code="2xx"} > 0',
+              # Serve's request counter, reported with its per-request histograms (which are not recorded)
+              "ray_serve_deployment_request_counter_total"}
 
     def scraped() -> dict:  # each series now (the version gauge moves with the swaps of earlier tests)
         found = {name: _instant(s, name) for name in wanted}
@@ -409,6 +411,8 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
     # every replica reports the version it serves
     poll(scraped, lambda got: got == {"missing": [], "versions": {serving["v1"]}}, 90,
          f"every metric scraped, every replica at version {serving['v1']}", every_s=3)
+    # Serve's per-request histograms are not recorded (serve_app.metrics.PER_REQUEST_SERVE_HISTOGRAMS)
+    assert _instant(s, '{__name__=~"ray_serve_(deployment_processing|http_request)_latency_ms_bucket"}') == []
     # the Monitoring chart's "lost" line: 0 while predictions are logged and none was ever lost
     lost = poll(lambda: _instant(s, CHARTS["prediction log (rows/s)"].lines["lost"]), bool, 60,
                 "the lost line's series", every_s=3)
