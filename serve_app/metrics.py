@@ -50,7 +50,7 @@ def skip_per_request_serve_histograms(settings) -> None:
     if settings.serve_ray_request_histograms:
         return
     for cls in (metrics.Histogram, ray_metrics.Histogram):
-        observe = cls.__dict__["observe"]
+        observe = cls.observe
         if getattr(observe, "skips", None) is PER_REQUEST_SERVE_HISTOGRAMS:
             continue
 

@@ -139,8 +139,9 @@ class Settings(BaseSettings):
     # refused at once, and none waits past serve_queue_timeout_ms (0: no such limit, Ray's defaults)
     serve_replica_maxconn: int = 16
     serve_queue_max: int = 48
-    # 40, not 80: at 4x the sustainable rate the accepted p99 was within 2x in 5 of 6 three-round runs,
-    # against 1 of 2 at 80 the same morning and 4 of 7 the day before (docs/benchmarks.md, 2026-12-07)
+    # 40, not 80: fewer refusals at the sustainable rate and a shorter tail at 4x. 20 and 10 lowered the
+    # p99s at both rates alike (their ratio 2.0-2.3), and 10 refused 33-96 requests at the sustainable rate;
+    # 40 is what issue 17's 64-client figures were measured with (docs/benchmarks.md, 2026-12-07)
     serve_queue_timeout_ms: int = 40
     # HAProxy's threads (Ray's default 4): with 1 on 2 cores HAProxy took 0.17 core, not 0.36, and 64
     # clients got 1,415-1,526 req/s instead of 1,277-1,319 (docs/benchmarks.md)
