@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     prediction_log_close_s: float = 20.0  # a replica's graceful stop retries writing its backlog this long
     serve_max_body_bytes: int = 8_000_000  # a request body past this gets 413
     # Ray Serve's own per-request and per-batch histograms (serve_app.metrics.PER_REQUEST_SERVE_HISTOGRAMS):
-    # off, Ray's agent replayed them one observation at a time every 10 s and stalled the replicas
+    # off: Ray's agent replays them one observation at a time, and the sustainable rate saw refusals
     serve_ray_request_histograms: bool = False
     # overload, refused by Serve's HAProxy (cluster/haproxy-rewrite-config) with 503 and Retry-After:
     # requests a replica gets at once; past that they queue, a request finding serve_queue_max waiting is
