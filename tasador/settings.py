@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     serve_queue_max: int = 48
     # 40, not 80: fewer refusals at the sustainable rate and a shorter tail at 4x. 20 and 10 lowered the
     # p99s at both rates alike (their ratio 2.0-2.3), and 10 refused 33-96 requests at the sustainable rate;
-    # 40 is what issue 17's 64-client figures were measured with (docs/benchmarks.md, 2026-12-07)
+    # at 20, 64 closed-loop clients got 4.6% refused, against 0.05% at 40 (docs/benchmarks.md, 2026-12-07)
     serve_queue_timeout_ms: int = 40
     # HAProxy's threads (Ray's default 4): with 1 on 2 cores HAProxy took 0.17 core, not 0.36, and 64
     # clients got 1,415-1,526 req/s instead of 1,277-1,319 (docs/benchmarks.md)
