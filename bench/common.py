@@ -125,3 +125,12 @@ class TreeMemory(Sampler):
 
 def report(result: dict) -> None:
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+def held_out_listings(ds, count: int | None = None) -> list[dict]:
+    """The first ``count`` (default all) held-out rows of a training dataset as /predict listings: the
+    model's features, a missing value as None (JSON null)."""
+    from tasador.schema import FEATURES
+
+    frame = ds.frame[ds.test][list(FEATURES)].head(count) if count else ds.frame[ds.test][list(FEATURES)]
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")

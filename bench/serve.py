@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import requests
 
-from bench.common import CLIENT_NICENESS, parser, private_stack, report
+from bench.common import CLIENT_NICENESS, held_out_listings, parser, private_stack, report
 from bench.model_bound import bound_rows_per_s
 from cluster import processes, ray_head
 from tasador import registry, training
@@ -403,8 +403,7 @@ def main() -> None:
         use_cluster_auth(settings)
         version, ds = trained_model(settings)
         wait_version(settings.serve, version)
-        frame = ds.frame[ds.test][list(FEATURES)]
-        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        rows = held_out_listings(ds)
         one, thousand = json.dumps(rows[0]), json.dumps({"listings": (rows * 1000)[:1000]})
 
         result = {}

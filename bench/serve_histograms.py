@@ -20,11 +20,10 @@ import sys
 
 import numpy as np
 
-from bench.common import parser, private_stack, report
+from bench.common import held_out_listings, parser, private_stack, report
 from bench.idle import cpu_seconds
 from bench.serve import open_loop, trained_model, wait_version
 from tasador.ray_jobs import use_cluster_auth
-from tasador.schema import FEATURES
 
 SLOW_MS, SLOW_PER_S = 60, 10
 PROCESSES = {"replicas": "ServeReplica:tasador:PriceApi", "agent": "DashboardAgent"}
@@ -36,8 +35,7 @@ def measured(rate: float, seconds: int, rounds: int) -> dict:
         use_cluster_auth(settings)
         version, ds = trained_model(settings)
         wait_version(settings.serve, version)
-        frame = ds.frame[ds.test][list(FEATURES)]
-        one = json.dumps(frame.astype(object).where(frame.notna(), None).to_dict("records")[0])
+        one = json.dumps(held_out_listings(ds, 1)[0])
         url = f"{settings.serve}/predict"
         open_loop(url, one, rate, 5)
         latencies, failed, slow_seconds, cpu = [], 0, 0, dict.fromkeys(PROCESSES, 0.0)

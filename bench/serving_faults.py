@@ -29,7 +29,7 @@ import psutil
 import psycopg2
 import requests
 
-from bench.common import CLIENT_NICENESS
+from bench.common import CLIENT_NICENESS, held_out_listings
 from cluster import mlflow_server, postgres, processes, serve
 from tasador import ray_jobs, registry, training
 from tasador.registry import PRODUCTION
@@ -155,7 +155,6 @@ def prepare(s: Settings, workdir: Path) -> ServingLab:
     from sklearn.preprocessing import StandardScaler
 
     from tasador.features import PriceModel
-    from tasador.schema import FEATURES
 
     for job in ("jobs.ingest", "jobs.process"):
         outcome = ray_jobs.run(s, job, ["--group", str(GROUP), "--day", "Monday"], timeout_s=600)
@@ -170,8 +169,7 @@ def prepare(s: Settings, workdir: Path) -> ServingLab:
     lab.move_alias(lab.versions["good"])
     serve.deploy(s)
     lab.wait_serving(lab.versions["good"])
-    frame = ds.frame[ds.test][list(FEATURES)].head(1)
-    lab.listing = frame.astype(object).where(frame.notna(), None).to_dict("records")[0]
+    lab.listing = held_out_listings(ds, 1)[0]
     lab.ds, lab.features, lab.arrays = ds, features, arrays
     return lab
 
