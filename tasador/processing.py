@@ -65,12 +65,23 @@ def process_pending(settings: Settings, group: int, day: str) -> dict:
             "group_number": group, "day": day, "batches": results}
 
 
+# A batch's first and last raw_id, each one entry of its (batch_id, row_number) key. A batch is stored by
+# one COPY in row order, and the BIGSERIAL takes its values in input order, so every row of the batch
+# lies between the two (dense unless another batch was ingested at the same time; the read's batch_id
+# filter drops the other's rows, and processing's accounting fails a batch if a row were ever missed).
+# Not ``min(raw_id), max(raw_id) ... WHERE batch_id``: for min the planner walks the primary key from the
+# table's first row and filters out every earlier batch's rows (66 ms behind two 230k-row batches,
+# growing with the table; 0.03 ms this way)
+BATCH_RAW_ID_BOUNDS = ("SELECT (SELECT raw_id FROM listings WHERE batch_id = %(batch)s ORDER BY row_number LIMIT 1),"
+                       " (SELECT raw_id FROM listings WHERE batch_id = %(batch)s ORDER BY row_number DESC LIMIT 1)")
+
+
 def raw_id_ranges(settings: Settings, batch_id: int, shards: int) -> list[str]:
-    """The batch's raw rows as ``shards`` queries over contiguous ``raw_id`` ranges (a batch is one COPY,
-    so its ids are dense): each an index range scan, where hashing the key made every shard scan the
-    whole batch. Rendered SQL text (ADBC takes no psycopg2 composables)."""
+    """The batch's raw rows as ``shards`` queries over contiguous ``raw_id`` ranges: each an index range
+    scan, where hashing the key made every shard scan the whole batch. Rendered SQL text (ADBC takes no
+    psycopg2 composables)."""
     with contextlib.closing(db.connect(settings.raw_db)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT min(raw_id), max(raw_id) FROM listings WHERE batch_id = %s", (batch_id,))
+        cur.execute(BATCH_RAW_ID_BOUNDS, {"batch": batch_id})
         low, high = cur.fetchone()
         if low is None:
             return []

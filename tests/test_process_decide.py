@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import psycopg2
@@ -102,6 +103,30 @@ def test_processing_again_is_a_no_op(settings, six_batches):
         cur.execute("SELECT count(*) FROM listings")
         assert cur.fetchone()[0] == before
     assert again["status"] == "nothing_to_process"
+
+
+def test_a_batch_raw_id_range_is_found_by_its_key_not_past_earlier_batches(settings, six_batches):
+    """The newest batch's first and last raw_id are those of min/max(raw_id), and finding them reads one
+    index entry each: ``min(raw_id) ... WHERE batch_id`` walked the primary key past every earlier
+    batch's rows (``Rows Removed by Filter``), a cost that grew with the raw table."""
+    _, processed = six_batches
+    newest = {"batch": processed[-1]["batch_id"]}
+
+    def scans(node: dict) -> Iterator[dict]:
+        if "Scan" in node["Node Type"]:
+            yield node
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    with psycopg2.connect(settings.raw_db) as conn, conn.cursor() as cur:
+        cur.execute(processing.BATCH_RAW_ID_BOUNDS, newest)
+        bounds = cur.fetchone()
+        cur.execute("SELECT min(raw_id), max(raw_id) FROM listings WHERE batch_id = %(batch)s", newest)
+        assert bounds == cur.fetchone() and None not in bounds
+        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + processing.BATCH_RAW_ID_BOUNDS, newest)
+        plan = cur.fetchone()[0][0]["Plan"]
+    read = [(n["Node Type"], n["Actual Rows"], n.get("Rows Removed by Filter", 0)) for n in scans(plan)]
+    assert len(read) == 2 and all(rows == 1 and removed == 0 for _, rows, removed in read), read
 
 
 def test_first_decision_without_a_model_is_to_train(settings, six_batches):
