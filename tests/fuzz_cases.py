@@ -22,6 +22,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tasador.schema import STATES, STATUSES
+from tests.serving import haproxy_state
 
 MIN_CASES = 2_000
 SENT = {"count": 0}
@@ -59,10 +60,10 @@ def sent(fuzzed, route: str, body: bytes, headers: dict) -> requests.Response:
             if "RemoteDisconnected" not in repr(exc):
                 raise
             return post()
-    except requests.exceptions.Timeout:
+    except requests.exceptions.Timeout as exc:  # a CI run saw one (a ReadTimeout or a ConnectTimeout?): say where
         raise AssertionError(f"no answer after {time.monotonic() - started:.0f} s to POST {route} "
                              f"(Content-Type {headers.get('Content-Type')!r}, {len(body)} bytes, "
-                             f"starting {body[:60]!r})") from None
+                             f"starting {body[:60]!r}): {type(exc).__name__}\n{haproxy_state(fuzzed['s'])}") from None
 
 
 def answered(resp: requests.Response) -> None:

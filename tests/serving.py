@@ -50,6 +50,38 @@ def haproxy_requests(s) -> dict[str, int]:
     return {r["pxname"]: int(r["stot"]) for r in rows if r["svname"] == "BACKEND"}
 
 
+def haproxy_state(s, limit: int = 4000) -> str:
+    """What this stack's HAProxy was doing, for a failure message: each HAProxy process (its age, and the
+    connections it holds on the Serve port) and the live worker's sessions (``show sess all`` on the
+    admin socket Ray's config gives it). A worker Ray reloaded out keeps serving its idle keep-alive
+    connections from the config it had (ray-project/ray#63996)."""
+    import socket
+    import time
+
+    import psutil
+
+    port = int(s.serve.rsplit(":", 1)[1])
+    lines = []
+    for pid in ray_head.haproxy_pids(s):
+        try:
+            proc = psutil.Process(pid)
+            held = [c for c in proc.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED"]
+            lines.append(f"haproxy {pid}: {time.time() - proc.create_time():.0f} s old, {len(held)} client connections")
+        except psutil.Error as exc:
+            lines.append(f"haproxy {pid}: {exc!r}")
+    for path in ray_head.haproxy_dir(s).rglob("admin.sock"):
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(3)
+                sock.connect(str(path))
+                sock.sendall(b"show sess all\n")
+                answer = b"".join(iter(lambda: sock.recv(65536), b""))
+            lines.append(f"{path.name}: {answer.decode(errors='replace')[:limit]}")
+        except OSError as exc:
+            lines.append(f"{path.name}: {exc!r}")
+    return "\n".join(lines)
+
+
 def set_production(s, version: str) -> None:
     registry.mlflow_client(s).set_registered_model_alias(s.model_name, PRODUCTION, version)
 
