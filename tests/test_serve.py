@@ -393,8 +393,13 @@ def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(s
 @pytest.mark.skipif(prometheus.binary() is None, reason="Debian's prometheus package is not installed")
 def test_prometheus_scrapes_the_serve_metrics(serving):
     s = serving["s"]
-    for _ in range(5):
-        requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
+    one = listings(serving["ds"].frame.head(1))[0]
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            requests.post(f"{s.serve}/predict", json=one, timeout=30)
+
+    send(5)
     wanted = {"ray_tasador_requests_total", "ray_tasador_request_latency_ms_bucket", "ray_tasador_model_version",
               "ray_tasador_model_rmse", "ray_tasador_batches_total", "ray_tasador_batch_rows_total",
               "ray_tasador_predictions_logged_total",  # (a counter appears at its first increment)
@@ -419,8 +424,7 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
                      ' route!~"/-/.*"}) or vector(0)')
     priced = 'sum(ray_tasador_requests_total{route="/predict"})'
     before = {q: _total(s, q) for q in (serve_counted, priced)}
-    for _ in range(20):
-        requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
+    send(20)
     # Serve's histograms, if recorded, would reach Prometheus by the same report and scrape as Tasador's counter
     poll(lambda: _total(s, priced), lambda n: n >= before[priced] + 20, 90, "the 20 requests counted", every_s=3)
     assert _total(s, serve_counted) == before[serve_counted]
@@ -441,8 +445,7 @@ def test_prometheus_scrapes_the_serve_metrics(serving):
 
     poll(totals, lambda got: len(got) == 1 and min(got) >= 5, 60, "the +Inf bucket equal to the count", every_s=3)
     # a rate needs an increase after the series' first scrape: more requests now that it is scraped
-    for _ in range(5):
-        requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
+    send(5)
     p99_query = CHARTS["/predict latency (ms)"].lines["p99"].replace("[1m]", "[10m]")
     p99 = poll(lambda: _instant(s, p99_query), lambda got: got and not math.isnan(float(got[0]["value"][1])), 60,
                "a p99 from the histogram", every_s=3)
