@@ -47,7 +47,8 @@ def work_pending(settings: Settings, group: int, day: str) -> bool:
     """Whether a crashed run left a raw batch unprocessed or undecided, a training or a promotion."""
     from tasador import decisions, processing
 
-    if processing.pending_batches(settings, group, day) or decisions.undecided_batches(settings, group, day):
+    if (processing.pending_batches(settings.raw_db, settings.clean_db, group, day)
+            or decisions.undecided_batches(settings, group, day)):
         return True
     pending = decisions.pending_work(settings, group, day)
     return bool(pending["retrain_decisions"] or pending["promotions"])

@@ -195,15 +195,23 @@ def connect(url: str, attempts: int = 30, delay_s: float = 1.0, **params) -> psy
 
 
 @contextmanager
-def transaction(url: str, attempts: int = 30) -> Iterator[psycopg2.extensions.cursor]:
-    """One connection, one transaction: committed on success, rolled back on any exception.
-    ``attempts``: how many times to try connecting, a second apart (a page that must answer now uses few)."""
-    conn = connect(url, attempts=attempts)
+def transaction(target: str | psycopg2.extensions.connection,
+                attempts: int = 30) -> Iterator[psycopg2.extensions.cursor]:
+    """One transaction, committed on success, rolled back on any exception: on a new connection to the URL
+    ``target`` (closed after it; ``attempts``: how many times to try connecting, a second apart: a page
+    that must answer now uses few), or on the open connection ``target``, an autocommit one included
+    (left open, in its mode): a step runs its transactions on its few sessions, where a connection costs
+    about 7 ms of its critical path (a fork and a SCRAM login on the server)."""
+    conn = connect(target, attempts=attempts) if isinstance(target, str) else target
+    autocommit, conn.autocommit = conn.autocommit, False
     try:
         with conn, conn.cursor() as cur:
             yield cur
     finally:
-        conn.close()
+        if conn is not target:
+            conn.close()
+        elif not conn.closed:  # a session the server dropped raises its own error, not this one's
+            conn.autocommit = autocommit
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -219,7 +227,7 @@ SCHEMA_VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS schema_versions (
 )"""
 
 
-def create_tables(url: str, database: str) -> None:
+def create_tables(target: str | psycopg2.extensions.connection, database: str) -> None:
     """Create the tables of ``database`` ("raw", "clean") if missing, or bring them to this code's DDL.
     Idempotent. The DDL runs only when ``schema_versions`` says the database was last brought to another
     text: its statements lock tables even when there is nothing to do (``CREATE INDEX IF NOT EXISTS`` a
@@ -227,8 +235,9 @@ def create_tables(url: str, database: str) -> None:
     so running it at every step made a step wait for any writer of those tables and for autovacuum
     (processing stalled 1 s, PostgreSQL's ``deadlock_timeout``, before autovacuum was cancelled, in 3 of
     43 lab batches), and held off the decisions' readers. Each step still calls this: a database
-    another version of the code set up is brought to this one's at its first step."""
-    with transaction(url) as cur:
+    another version of the code set up is brought to this one's at its first step. ``target``: a URL or
+    an open connection (``transaction``)."""
+    with transaction(target) as cur:
         ddl = ddl_text(cur, database)
         digest = hashlib.sha256(ddl.encode()).hexdigest()
         if _schema_is(cur, database, digest):

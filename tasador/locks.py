@@ -1,9 +1,10 @@
 """One writer per (group, day): every pipeline step holds a PostgreSQL advisory lock for its whole run,
 and a promotion also holds its model's lock (the alias is shared by every group and day).
 
-The lock lives in a session of its own on the raw database (the one every deployment has), so a
-crashed step releases it with its connection. ``lock_timeout`` bounds the wait: a second writer
-waits up to ``step_lock_timeout_s`` and then fails naming the step that holds the lock.
+The lock lives in a session on the raw database (the one every deployment has), so a crashed step
+releases it with its connection; the step may run its own raw-database work on that session.
+``lock_timeout`` bounds the wait: a second writer waits up to ``step_lock_timeout_s`` and then fails
+naming the step that holds the lock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 
 from tasador import db
 from tasador.settings import Settings
@@ -35,8 +37,10 @@ def model(name: str) -> str:
 
 
 @contextmanager
-def writer_lock(settings: Settings, name: str, step: str) -> Iterator[None]:
-    """Hold the lock ``name`` while the block runs; raise ``StepLocked`` after the timeout."""
+def writer_lock(settings: Settings, name: str, step: str) -> Iterator[psycopg2.extensions.connection]:
+    """Hold the lock ``name`` while the block runs; raise ``StepLocked`` after the timeout. Yields the lock's
+    session (autocommit, the raw database): a step may run its raw-database work on it, through
+    ``db.transaction(session)``, rather than open connections of its own."""
     conn = db.connect(settings.raw_db)
     conn.autocommit = True
     try:
@@ -50,7 +54,9 @@ def writer_lock(settings: Settings, name: str, step: str) -> Iterator[None]:
                 raise StepLocked(f"{step}: another writer holds the lock '{name}' "
                                  f"after {settings.step_lock_timeout_s:g}s ({holders(settings, name) or 'unknown'});"
                                  " run again when it has finished") from None
-        yield
+            # the session's other statements wait for a table lock as any of ours does (db.connect's)
+            cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{db.LOCK_TIMEOUT_MS}ms",))
+        yield conn
     finally:
         conn.close()  # ends the session: the lock goes with it
 

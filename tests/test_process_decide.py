@@ -105,6 +105,18 @@ def test_processing_again_is_a_no_op(settings, six_batches):
     assert again["status"] == "nothing_to_process"
 
 
+def test_a_process_step_runs_on_two_sessions(settings, six_batches, monkeypatch):
+    """A step's set-up (both databases' tables, the writer lock, the two ledgers) runs on the lock's session
+    and one clean-database session, which the batch's transaction and range query reuse: it opened five
+    connections before a read could start (about 7 ms each), then two more per batch."""
+    group, _ = six_batches
+    opened = []
+    connect = psycopg2.connect
+    monkeypatch.setattr(psycopg2, "connect", lambda url, **params: opened.append(url) or connect(url, **params))
+    assert processing.process_pending(settings, group, "Monday")["status"] == "nothing_to_process"
+    assert sorted(opened) == sorted([settings.raw_db, settings.clean_db]), opened
+
+
 def test_a_batch_raw_id_range_is_found_by_its_key_not_past_earlier_batches(settings, six_batches):
     """The newest batch's first and last raw_id are those of min/max(raw_id), and finding them reads one
     index entry each: ``min(raw_id) ... WHERE batch_id`` walked the primary key past every earlier
