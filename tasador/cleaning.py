@@ -328,7 +328,7 @@ class DuplicateMarker:
         self.blocks.append(MarkedBlock(block, fresh, fresh_rows, kept))
         # the hashes of the rows just marked stay in: each repeats a kept clean row's, so the set is the same.
         # Two sorted runs: numpy's stable sort (a timsort for 64-bit keys) merges them in one pass, where its
-        # default quicksort sorted them again (290k hashes: 15.9 -> 2.7 ms; 25 of the marker's 65 ms a batch)
+        # default quicksort sorted them again (290k hashes: 15.9 -> 2.7 ms; the marker's CPU a batch 73 -> 53 ms)
         self.hashes = np.sort(np.concatenate([self.hashes, fresh]), kind="stable")
         self.last_raw_id = int(raw_ids.max())
         return block
