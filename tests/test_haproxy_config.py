@@ -14,7 +14,7 @@ import pytest
 
 from cluster import ray_head
 from serve_app.schemas import BULK_ROUTE_PREFIX, LARGE_BODY_BYTES
-from tasador.settings import Settings
+from tasador.settings import NOT_SETTINGS, Settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ray-haproxy.cfg"
 
@@ -43,6 +43,13 @@ def rewrite(tmp_path: Path, settings: Settings, times: int = 1, bulk_app: bool =
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
     return cfg.read_text()
+
+
+def test_every_variable_for_the_wrapper_is_known_to_the_settings():
+    """The head's environment reaches every replica, whose ``Settings.load`` refuses an unknown TASADOR_*
+    variable: one the wrapper reads but ``NOT_SETTINGS`` does not list failed every deployment."""
+    ours = {name for name in ray_head.haproxy_env(Settings()) if name.startswith("TASADOR_")}
+    assert ours and ours <= NOT_SETTINGS.keys(), ours - NOT_SETTINGS.keys()
 
 
 def test_every_frontend_binds_loopback(tmp_path):
@@ -96,6 +103,14 @@ def test_a_silent_replica_gets_a_504_that_says_so_not_the_templates_500(tmp_path
     headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
     assert head.startswith(b"HTTP/1.1 504 ") and int(headers[b"Content-Length"]) == len(body)
     assert f"within {ray_head.HAPROXY_SERVER_TIMEOUT_S} s" in json.loads(body)["detail"]
+
+
+def test_a_slow_clients_headers_have_a_deadline_and_twice_rewritten_is_once(tmp_path):
+    """Ray's template sets no ``timeout http-request``: HAProxy waited for a request's headers as long as
+    its client timeout (3600 s). The 408 on a live stack: tests/test_serve.py."""
+    text = rewrite(tmp_path, Settings(), times=2)
+    wait = ray_head.HAPROXY_REQUEST_HEADER_TIMEOUT_S
+    assert re.findall(r"^\s*timeout http-request (\S+)$", text, re.M) == [f"{wait}s"]
 
 
 def test_large_predict_bodies_are_sent_to_the_bulk_application_once_it_is_routed(tmp_path):

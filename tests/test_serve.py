@@ -12,8 +12,10 @@ import json
 import math
 import os
 import re
+import socket
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +202,26 @@ def test_haproxy_runs_the_threads_and_the_server_timeout_the_stack_gives_it(serv
         text = config.read_text()
         assert re.search(rf"^\s*nbthread {s.serve_haproxy_threads}\s*$", text, re.M), config
         assert re.findall(r"^\s*timeout server (\S+)$", text, re.M) == [f"{ray_head.HAPROXY_SERVER_TIMEOUT_S}s"]
+
+
+def test_a_client_that_sends_half_its_headers_gets_a_408_and_is_let_go(serving):
+    """Slowloris: half a request's headers, then nothing. HAProxy answers 408 after its header timeout and
+    closes the connection (it held such a connection for Ray's client timeout, an hour: 4,096 of them, its
+    maxconn, would shut the ingress); a whole request on another connection is answered meanwhile."""
+    s, ds = serving["s"], serving["ds"]
+    wait = ray_head.HAPROXY_REQUEST_HEADER_TIMEOUT_S
+    address = urllib.parse.urlsplit(s.serve)
+    with socket.create_connection((address.hostname, address.port), timeout=wait + 10) as slow:
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: tasador\r\nContent-Type: application/json\r\n")
+        started = time.monotonic()
+        one = listings(ds.frame[ds.test].head(1))[0]
+        assert requests.post(f"{s.serve}/predict", json=one, timeout=30).status_code == 200
+        answer = b""
+        while chunk := slow.recv(4096):  # until HAProxy closes it (a socket timeout fails the test)
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"complete request in time" in answer, answer[:300]
+    assert wait - 1 <= waited <= wait + 3, waited
 
 
 BAD = [
