@@ -268,10 +268,12 @@ def _schema_is(cur, database: str, digest: str) -> bool:
     return bool(row and row[0])
 
 
-def create_all_tables(settings) -> None:
-    """Create the tables of every database this project owns (raw and clean)."""
-    create_tables(settings.raw_db, "raw")
-    create_tables(settings.clean_db, "clean")
+def create_all_tables(settings, raw: psycopg2.extensions.connection | None = None,
+                      clean: psycopg2.extensions.connection | None = None) -> None:
+    """Create the tables of every database this project owns (raw and clean); ``raw``, ``clean``: open
+    sessions to do it on (default: a connection each)."""
+    create_tables(raw or settings.raw_db, "raw")
+    create_tables(clean or settings.clean_db, "clean")
 
 
 def storable_text(text: str) -> str:

@@ -65,8 +65,7 @@ def process_pending(settings: Settings, group: int, day: str) -> dict:
     ~7 ms each, before its reads could start: 50-60 ms of a 1.1-s batch)."""
     with (locks.writer_lock(settings, locks.pipeline(group, day), "process") as raw,
           contextlib.closing(db.connect(settings.clean_db)) as clean):
-        db.create_tables(raw, "raw")
-        db.create_tables(clean, "clean")
+        db.create_all_tables(settings, raw, clean)
         results = [process_batch(settings, batch, raw, clean) for batch in pending_batches(raw, clean, group, day)]
     return {"job": "process", "status": "processed" if results else "nothing_to_process",
             "group_number": group, "day": day, "batches": results}
