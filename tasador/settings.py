@@ -36,7 +36,7 @@ NOT_SETTINGS = {
     "TASADOR_SCREENSHOTS": "tests/test_dashboard.py (where to write the pages' screenshots)",
     **{f"TASADOR_HAPROXY_{name}": "cluster/haproxy-rewrite-config (from cluster/ray_head.py)"
        for name in ("BINARY", "REPLICA_MAXCONN", "QUEUE_MAX", "QUEUE_TIMEOUT_MS", "LARGE_BODY_BYTES",
-                     "LARGE_BODY_PREFIX", "HTTP_REQUEST_TIMEOUT_S")},
+                     "LARGE_BODY_PREFIX", "HTTP_REQUEST_TIMEOUT_S", "METRICS_HOST")},
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import ray_head
+from cluster import ray_head, ray_supervisor
 from serve_app.schemas import BULK_ROUTE_PREFIX, LARGE_BODY_BYTES
 from tasador.settings import NOT_SETTINGS, Settings
 
@@ -31,13 +31,17 @@ def with_bulk_app(text: str) -> str:
                         "127.0.0.1:30002 check\nlisten stats")
 
 
-def rewrite(tmp_path: Path, settings: Settings, times: int = 1, bulk_app: bool = False) -> str:
-    """The fixture as the wrapper leaves it, after HAProxy accepted it ``times`` times."""
+def rewrite(tmp_path: Path, settings: Settings, times: int = 1, bulk_app: bool = False,
+            pod: bool = False) -> str:
+    """The fixture as the wrapper leaves it, after HAProxy accepted it ``times`` times (``pod``: with
+    the variables a KubeRay pod's supervisor adds, cluster/ray_supervisor.py)."""
     cfg = tmp_path / "haproxy.cfg"
     text = FIXTURE.read_text().replace("@DIR@", str(tmp_path))
     cfg.write_text(with_bulk_app(text) if bulk_app else text)
     (tmp_path / "500.http").write_text("HTTP/1.1 500 Internal Server Error\r\n\r\n")
     env = {**os.environ, **ray_head.haproxy_env(settings)}
+    if pod:
+        env.update(ray_supervisor.pod_env(settings.as_env()))
     for _ in range(times):
         done = subprocess.run([env["RAY_SERVE_HAPROXY_BINARY_PATH"], "-c", "-f", str(cfg)], env=env,
                               capture_output=True, text=True, timeout=60)
@@ -48,7 +52,8 @@ def rewrite(tmp_path: Path, settings: Settings, times: int = 1, bulk_app: bool =
 def test_every_variable_for_the_wrapper_is_known_to_the_settings():
     """The head's environment reaches every replica, whose ``Settings.load`` refuses an unknown TASADOR_*
     variable: one the wrapper reads but ``NOT_SETTINGS`` does not list failed every deployment."""
-    ours = {name for name in ray_head.haproxy_env(Settings()) if name.startswith("TASADOR_")}
+    ours = {name for name in [*ray_head.haproxy_env(Settings()), *ray_supervisor.pod_env({})]
+            if name.startswith("TASADOR_")}
     assert ours and ours <= NOT_SETTINGS.keys(), ours - NOT_SETTINGS.keys()
 
 
@@ -56,6 +61,12 @@ def test_every_frontend_binds_loopback(tmp_path):
     binds = re.findall(r"^\s*bind (\S+)", rewrite(tmp_path, Settings()), re.M)
     assert len(binds) == 3 and all(b.startswith("127.0.0.1:") for b in binds), binds
     assert re.findall(r"^\s*bind (\S+)", FIXTURE.read_text(), re.M)[0] == ":21183"  # what Ray wrote
+
+
+def test_a_pods_exporter_binds_the_pods_address_and_its_stats_page_loopback(tmp_path):
+    """In a KubeRay pod Prometheus scrapes HAProxy's exporter from outside the pod."""
+    binds = re.findall(r"^\s*bind (\S+)", rewrite(tmp_path, Settings(), times=2, pod=True), re.M)
+    assert binds == ["0.0.0.0:21183", "127.0.0.1:20646", "127.0.0.1:21184"], binds
 
 
 def test_overload_is_refused_by_haproxy_with_retry_after_and_twice_rewritten_is_once(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import ray_head
+from cluster import ray_head, ray_supervisor
 from serve_app.metrics import EXPORTED
 from tasador.settings import PREFIX, Settings
 
@@ -107,13 +107,37 @@ def test_the_rayservice_serves_the_same_application_as_the_local_config():
     assert names == {PriceApi.name, PriceModelServer.name, BulkPricer.name}
     assert service["spec"]["upgradeStrategy"]["type"] in ("NewCluster", "NewClusterWithIncrementalUpgrade", "None")
     for container in containers(service):
-        env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
-        assert env.get("RAY_SERVE_HAPROXY_NBTHREAD") == str(Settings().serve_haproxy_threads)
-        local = ray_head.node_env(Settings())
-        assert env.get("RAY_SERVE_HAPROXY_METRICS_ENABLED") == local["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["haproxy-metrics"] == 9101  # Ray's default RAY_SERVE_HAPROXY_METRICS_PORT, scraped
+
+
+def test_a_serve_pod_runs_serves_ingress_as_the_local_stack_does():
+    """Each serving pod's node runs ``cluster.ray_supervisor``, which adds Serve's ingress from the
+    settings in the pod's environment (its ConfigMap and its own variables) before ``ray start``: the
+    same HAProxy wrapper, limits and deadlines as the local head (before, a pod ran Ray's bare HAProxy
+    with an unbounded queue); its exporter on the pod's address for Prometheus, at Ray's default port."""
+    (settings_map,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "tasador-settings"]
+    (service,) = by_kind("RayService")
+    local = ray_head.node_env(Settings())
+    for container in containers(service):
+        assert container["args"][-1].endswith("exec python -m cluster.ray_supervisor")  # no arguments: a pod
+        env = {**settings_map["data"], **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
+        added = ray_supervisor.pod_env(env)
+        pod = {**env, **added}
+        settings = Settings.load(pod)
+        assert pod["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(ray_head.HAPROXY_WRAPPER)
+        for name in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_HAPROXY_RETRY_ON",
+                     "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S", "TASADOR_HAPROXY_HTTP_REQUEST_TIMEOUT_S",
+                     "TASADOR_HAPROXY_LARGE_BODY_PREFIX"):
+            assert pod[name] == local[name], name
+        assert pod["TASADOR_HAPROXY_QUEUE_TIMEOUT_MS"] == str(settings.serve_queue_timeout_ms) != "0"
+        assert pod["TASADOR_HAPROXY_QUEUE_MAX"] == str(settings.serve_queue_max) != "0"
+        assert pod["RAY_SERVE_HAPROXY_NBTHREAD"] == str(settings.serve_haproxy_threads)
+        assert pod["TASADOR_HAPROXY_METRICS_HOST"] == "0.0.0.0"
+        assert "RAY_SERVE_HAPROXY_METRICS_PORT" not in pod  # Ray's 9101, the container's haproxy-metrics port
+    overridden = ray_supervisor.pod_env({"TASADOR_SERVE_QUEUE_TIMEOUT_MS": "25", "RAY_SERVE_HAPROXY_NBTHREAD": "3"})
+    assert overridden["TASADOR_HAPROXY_QUEUE_TIMEOUT_MS"] == "25" and "RAY_SERVE_HAPROXY_NBTHREAD" not in overridden
+    assert ray_supervisor.pod_env({"TASADOR_RAY_SERVE_HIGH_THROUGHPUT": "false"}) == {}
 
 
 def test_rayjob_entrypoints_name_job_modules_that_exist_on_the_jobs_cluster():
