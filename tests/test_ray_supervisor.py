@@ -1,5 +1,6 @@
-"""``cluster/ray_supervisor.py`` without a cluster: which dead daemons it restarts and which it leaves to
-Ray's ``--block`` loop (the live kill is ``tests/serving_faults``' dashboard scenario)."""
+"""``cluster/ray_supervisor.py``: which dead daemons it restarts and which it leaves to Ray's ``--block``
+loop, without a cluster (the live kill is ``tests/serving_faults``' dashboard scenario); and, on a real
+head started as a KubeRay pod starts it, Serve's HAProxy through the wrapper."""
 
 from __future__ import annotations
 
@@ -81,3 +82,53 @@ def test_the_dashboard_agent_is_put_at_the_lowest_priority_every_thread_of_it():
         for pid in (agent, other, raylet.pid):  # the processes this test started, by PID
             os.kill(pid, 9)
         raylet.wait()
+
+
+@pytest.mark.stack
+def test_a_pods_node_runs_serves_haproxy_through_the_wrapper(tmp_path):
+    """A real Ray head started as a KubeRay pod starts it: ``cluster.ray_supervisor`` with no arguments
+    and KubeRay's ``ray start`` in ``KUBERAY_GEN_RAY_START_CMD``, the environment without Serve's ingress
+    variables (a manifest sets none). A Serve app deployed on it is answered through the HAProxy the
+    wrapper configured: replicas' slots, the queue's bound and timeout, the header deadline. The
+    exporter's address is set as a manifest would (loopback here: a pod's is 0.0.0.0)."""
+    import re
+    import shlex
+
+    import requests
+
+    from cluster import processes, ray_head, stack
+    from tasador.ray_jobs import auth_headers
+
+    s = stack.isolated_settings(str(tmp_path / "state"))
+    ingress = ray_head.serve_ingress_env(s)
+    env = {k: v for k, v in ray_head.node_env(s).items() if k not in ingress}
+    kuberay_command = ["ray", *ray_head.head_command(s)[len(ray_head.RAY_CLI):]]
+    env.update({ray_supervisor.KUBERAY_COMMAND_ENV: shlex.join(kuberay_command),
+                "TASADOR_HAPROXY_METRICS_HOST": "127.0.0.1"})
+    head = processes.spawn(ray_head.RAY_CLI, s.state_path / "logs" / "ray-head.log", env={**os.environ, **env})
+    driver = ("import ray\nfrom ray import serve\n"
+              f"ray.init(address='127.0.0.1:{s.ray_gcs_port}')\n"
+              "@serve.deployment(num_replicas=2)\nclass Hello:\n    def __call__(self, request):\n        return 'hi'\n"
+              f"serve.start(http_options={{'host': '127.0.0.1', 'port': {s.serve_port}}})\n"
+              "serve.run(Hello.bind(), route_prefix='/')\n")
+    try:
+        processes.wait_http(f"{s.ray_dashboard}/api/version", 120, headers=auth_headers(s), pid=head)
+        subprocess.run([sys.executable, "-c", driver], env={**os.environ, **env}, check=True, timeout=240,
+                       capture_output=True)
+        assert requests.get(f"http://127.0.0.1:{s.serve_port}/", timeout=30).text == "hi"
+        configs = list(ray_head.haproxy_dir(s).rglob("haproxy.cfg"))
+        assert len(configs) == 1, f"Serve's HAProxy kept no config under {ray_head.haproxy_dir(s)}: not ours"
+        text = configs[0].read_text()
+        replicas = re.findall(r"^\s*server SERVE_REPLICA_\S+ .*$", text, re.M)
+        assert len(replicas) == 2 and all(line.endswith(f" maxconn {s.serve_replica_maxconn}") for line in replicas)
+        assert re.findall(r"^\s*timeout queue (\S+)$", text, re.M) == [f"{s.serve_queue_timeout_ms}ms"]
+        assert f"ge {s.serve_queue_max} }}" in text and "haproxy-503.http" in text
+        header_wait = f"{ray_head.HAPROXY_REQUEST_HEADER_TIMEOUT_S}s"
+        assert re.findall(r"^\s*timeout http-request (\S+)$", text, re.M) == [header_wait]
+        binds = re.findall(r"^\s*bind (\S+)", text, re.M)
+        assert binds and all(b.startswith("127.0.0.1:") for b in binds), binds
+    finally:
+        processes.stop_pid(head)
+        ray_head.stop_haproxy(s)
+        ray_head.discard_files(s)
+
