@@ -28,6 +28,11 @@ def listings(frame) -> list[dict]:
     return features.astype(object).where(features.notna(), None).to_dict("records")
 
 
+def first_listing(ds, held_out: bool = False) -> dict:
+    """The dataset's first listing (with ``held_out``: its first held-out one) as a client sends it."""
+    return listings((ds.frame[ds.test] if held_out else ds.frame).head(1))[0]
+
+
 def register_ridge(s, ds, arrays, features, alpha: float) -> str:
 
     model = PriceModel(features, make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(

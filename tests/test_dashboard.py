@@ -22,7 +22,7 @@ from tasador import history, ray_jobs, registry
 from tasador.promotion import promote
 from tasador.retry import poll
 from tests.conftest import module_data
-from tests.serving import listings, register_ridge, serving_model, set_production, wait_for_version
+from tests.serving import first_listing, register_ridge, serving_model, set_production, wait_for_version
 
 settings = module_data()  # this module's own databases, model and experiment
 
@@ -130,7 +130,7 @@ def test_monitoring_page_shows_serve_metrics_after_some_requests(app, page):
     """Requests for as long as it takes Ray to export and Prometheus to scrape twice (a rate needs two
     samples); the page then plots the request rate and latency of /predict."""
     s = app["s"]
-    one = listings(app["ds"].frame.head(1))[0]
+    one = first_listing(app["ds"])
     stop = threading.Event()
 
     def load():

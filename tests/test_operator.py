@@ -17,7 +17,7 @@ from tasador import history, ray_jobs, registry, training
 from tasador.promotion import promote
 from tasador.retry import poll
 from tests.conftest import module_data
-from tests.serving import listings, register_ridge, wait_for_version
+from tests.serving import first_listing, register_ridge, wait_for_version
 
 settings = module_data()  # this module's own databases, model and experiment
 GROUP = 45
@@ -99,7 +99,7 @@ def test_a_prediction_is_walked_back_to_its_version_run_batches_and_raw_rows(ser
     s = served["s"]
     promote(s, served["v2"])
     wait_for_version(s, served["v2"])
-    listing = listings(served["ds"].frame.head(1))[0]
+    listing = first_listing(served["ds"])
     done = cli(served, "predict", "-", "--json", input=json.dumps(listing))
     assert done.exit_code == 0, done.output
     answer = json.loads(done.stdout)

@@ -39,6 +39,7 @@ from tasador.retry import poll
 from tasador.schema import FEATURES
 from tests.conftest import module_data
 from tests.serving import (
+    first_listing,
     haproxy_requests,
     listings,
     register_ridge,
@@ -88,7 +89,7 @@ def _logged(raw, marker: float, count: int) -> list[tuple]:
 def test_predictions_are_logged_to_raw_with_their_ids_and_version(serving, raw):
     s, ds = serving["s"], serving["ds"]
     marker = 424242.0  # a broker id no batch has: finds this test's rows
-    listing = {**listings(ds.frame.head(1))[0], "brokered_by": marker}
+    listing = {**first_listing(ds), "brokered_by": marker}
     resp = requests.post(f"{s.serve}/predict", json={"listings": [listing] * 3}, timeout=30).json()
     rows = _logged(raw, marker, 3)
     assert len(rows) == 3 and {r[0] for r in rows} == set(resp["prediction_ids"])
@@ -99,7 +100,7 @@ def test_predictions_are_logged_to_raw_with_their_ids_and_version(serving, raw):
 def test_a_retried_request_with_an_idempotency_key_gets_the_same_ids_and_is_logged_once(serving, raw):
     s, ds = serving["s"], serving["ds"]
     marker = 424243.0
-    listing = {**listings(ds.frame.head(1))[0], "brokered_by": marker}
+    listing = {**first_listing(ds), "brokered_by": marker}
     headers = {"Idempotency-Key": f"retry-{time.time_ns()}"}
     answers = [requests.post(f"{s.serve}/predict", json={"listings": [listing] * 2}, headers=headers,
                              timeout=30).json() for _ in range(4)]  # over both replicas
@@ -160,7 +161,7 @@ def test_past_every_replicas_slots_and_the_queue_a_request_is_refused_at_once_wi
     import socket
 
     s, ds = serving["s"], serving["ds"]
-    listing = listings(ds.frame[ds.test].head(1))[0]
+    listing = first_listing(ds, held_out=True)
     host, port = s.serve.rsplit("//", 1)[1].rsplit(":", 1)
     stalled = []
     try:
@@ -214,7 +215,7 @@ def test_a_client_that_sends_half_its_headers_gets_a_408_and_is_let_go(serving):
     with socket.create_connection((address.hostname, address.port), timeout=wait + 10) as slow:
         slow.sendall(b"POST /predict HTTP/1.1\r\nHost: tasador\r\nContent-Type: application/json\r\n")
         started = time.monotonic()
-        one = listings(ds.frame[ds.test].head(1))[0]
+        one = first_listing(ds, held_out=True)
         assert requests.post(f"{s.serve}/predict", json=one, timeout=30).status_code == 200
         answer = b""
         while chunk := slow.recv(4096):  # until HAProxy closes it (a socket timeout fails the test)
@@ -238,7 +239,7 @@ BAD = [
 @pytest.mark.parametrize("name,make,field", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_gets_a_422_naming_the_field(serving, name, make, field):
     s, ds = serving["s"], serving["ds"]
-    ok = {**listings(ds.frame.head(1))[0], "state": "Vermont", "status": "for_sale"}
+    ok = {**first_listing(ds), "state": "Vermont", "status": "for_sale"}
     resp = requests.post(f"{s.serve}/predict", json=make(ok), timeout=30)
     assert resp.status_code == 422, resp.text
     assert field in resp.json()["detail"]
@@ -252,12 +253,12 @@ def test_malformed_bodies_get_a_422_and_the_replica_keeps_serving(serving, body,
     s, ds = serving["s"], serving["ds"]
     resp = requests.post(f"{s.serve}/predict", data=body, headers={"Content-Type": "application/json"}, timeout=30)
     assert resp.status_code == 422 and words in resp.json()["detail"]
-    assert requests.post(f"{s.serve}/predict", json=listings(ds.frame.head(1))[0], timeout=30).status_code == 200
+    assert requests.post(f"{s.serve}/predict", json=first_listing(ds), timeout=30).status_code == 200
 
 
 def test_an_oversized_list_is_refused(serving):
     s, ds = serving["s"], serving["ds"]
-    one = listings(ds.frame.head(1))[0]
+    one = first_listing(ds)
     resp = requests.post(f"{s.serve}/predict", json={"listings": [one] * (s.serve_max_listings + 1)}, timeout=60)
     assert resp.status_code == 422 and "at most" in resp.json()["detail"]
 
@@ -321,7 +322,7 @@ def test_hot_swap_under_concurrent_load_fails_nothing(serving):
     every answer names a version, and the new one answers within 5 s of the alias moving."""
     s, ds = serving["s"], serving["ds"]
     v2 = register_ridge(s, ds, serving["arrays"], serving["features"], alpha=50.0)
-    listing = listings(ds.frame[ds.test].head(1))[0]
+    listing = first_listing(ds, held_out=True)
     results, stop = [], threading.Event()
 
     def client():
@@ -379,7 +380,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(serving):
                                      f"has tried and refused v{broken}")
         assert health["status"] == "degraded" and health["last_error"]["version"] == broken
         assert health["model_version"] == serving["v1"]
-        resp = requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
+        resp = requests.post(f"{s.serve}/predict", json=first_listing(serving["ds"]), timeout=30)
         assert resp.status_code == 200 and resp.json()["model_version"] == serving["v1"]
     finally:
         set_production(s, serving["v1"])
@@ -415,7 +416,7 @@ def test_a_version_is_downloaded_once_per_node_then_loaded_from_the_nodes_copy(s
 @pytest.mark.skipif(prometheus.binary() is None, reason="Debian's prometheus package is not installed")
 def test_prometheus_scrapes_the_serve_metrics(serving):
     s = serving["s"]
-    one = listings(serving["ds"].frame.head(1))[0]
+    one = first_listing(serving["ds"])
 
     def send(count: int) -> None:
         for _ in range(count):
@@ -491,7 +492,7 @@ def test_the_grafana_dashboard_queries_metrics_the_running_app_exports(serving):
 
     s = serving["s"]
     for _ in range(3):  # its own predictions: counters appear at their first increment, whatever ran before
-        requests.post(f"{s.serve}/predict", json=listings(serving["ds"].frame.head(1))[0], timeout=30)
+        requests.post(f"{s.serve}/predict", json=first_listing(serving["ds"]), timeout=30)
     only_after_a_loss = {"ray_tasador_predictions_lost_total"}
     wanted = dashboard_metrics() - only_after_a_loss
 
@@ -568,7 +569,7 @@ def _closed_port() -> int:
 @pytest.fixture(scope="module")
 def fuzzed(serving):
     with requests.Session() as session:
-        yield {**serving, "good": listings(serving["ds"].frame.head(1))[0], "session": session}
+        yield {**serving, "good": first_listing(serving["ds"]), "session": session}
 
 
 from tests import fuzz_cases  # noqa: E402
