@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from bench.fault_proxy import MODES, FaultProxy
-from cluster import postgres, processes
+from cluster import postgres, processes, stack
 from tasador import audit, ray_jobs, registry
 from tasador.settings import Settings
 
@@ -42,6 +42,7 @@ class Lab:
     folder: Path
     proxy: FaultProxy
     api: str  # the data API itself, for the accounting
+    base: Settings  # the stack's own settings (the lab's point its jobs at the proxy)
     api_modes: tuple = ()  # the API faults api_fault injects, in turn
 
     @classmethod
@@ -56,7 +57,7 @@ class Lab:
                          retrain_min_rows=1_000 if trains else 10**9, data_api_url=proxy.url,
                          data_api_timeout_s=2.0 if api_modes else base.data_api_timeout_s,
                          data_api_backoff_s=0.2, **changes)
-        return cls(name, s, folder, proxy, base.data_api, api_modes)
+        return cls(name, s, folder, proxy, base.data_api, base, api_modes)
 
     def args(self) -> list[str]:
         return ["--group", str(self.s.group), "--day", self.s.day]
@@ -178,8 +179,19 @@ def kill_postgres(point: str) -> Callable[[Lab], dict]:
 
 def kill_server(s: Settings) -> int:
     """SIGKILL the stack's PostgreSQL server and every one of its processes; how many there were."""
-    pid = postgres.running_pid(s)
-    tree = [pid, *processes.descendants(pid)]
+    return kill_trees([postgres.running_pid(s)])
+
+
+def kill_stack(s: Settings) -> int:
+    """SIGKILL every process of the stack at once, as a power loss or the OOM killer taking all would:
+    each component ``stack.up`` recorded (PostgreSQL, MLflow, the Ray head) and every process below it
+    (the Ray daemons and workers, the job's driver among them); how many there were."""
+    return kill_trees([entry["pid"] for entry in processes.load_registry(s.state_path).values() if entry.get("pid")])
+
+
+def kill_trees(roots: list[int]) -> int:
+    """SIGKILL each of ``roots`` that runs and every process below it, all at once; wait until none runs."""
+    tree = [p for root in roots if processes.alive(root) for p in (root, *processes.descendants(root))]
     for p in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
@@ -187,6 +199,25 @@ def kill_server(s: Settings) -> int:
     while any(processes.alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.05)
     return len(tree)
+
+
+def power_loss(point: str) -> Callable[[Lab], dict]:
+    """Stop the job at ``point``, SIGKILL every process of the stack, start the stack again as
+    ``tasador up`` does (stale PID files, a PostgreSQL that did not shut down, Ray's job history gone),
+    then re-run until a run succeeds."""
+    def scenario(lab: Lab) -> dict:
+        job_id = ray_jobs.submit(lab.faulted(point, "wait"), "jobs.pipeline", lab.args())
+        try:
+            lab.wait_reached(point, job_id)
+            killed = kill_stack(lab.base)
+        finally:
+            lab.release(point)  # the driver is gone with the stack; nothing may wait on this point
+        started = time.monotonic()
+        stack.up(lab.base, only=stack.TRAINING)
+        runs, statuses = until_done(lab)
+        return {"runs_to_recover": runs, "statuses": ["KILLED", *statuses], "processes_killed": killed,
+                "recover_s": time.monotonic() - started}
+    return scenario
 
 
 def kill_tune_worker(lab: Lab) -> dict:
@@ -325,6 +356,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              "the alias moved (before tags and outcome)",
              kill_driver("train.before_register", "train.after_register", "promote.before_alias",
                          "promote.after_alias"), trains=True),
+    Scenario("power_loss_logging_model", "SIGKILL every process of the stack (PostgreSQL, MLflow, Ray) while "
+             "training logs its best model into the best trial's resumed run; then the stack started again",
+             power_loss("train.before_log_model"), trains=True),
     Scenario("kill_tune_worker", "SIGKILL the Ray worker of a Tune trial after its first report",
              kill_tune_worker, trains=True, changes=(("train_families", "random_forest"),)),
     Scenario("concurrent_pipelines", "two pipeline jobs for the same (group, day) at once", concurrent_pipelines),
@@ -349,7 +383,8 @@ def run_scenario(base: Settings, scenario: Scenario, workdir: Path) -> dict:
     return {"scenario": scenario.name, "injected": scenario.injected, **outcome, "batches": report["batches"],
             "served": report["served"],
             "seconds": time.monotonic() - started, **{k: report[k] for k in
-            ("rows_lost", "rows_duplicated", "decisions_dropped", "extra_versions", "problems", "production_version")}}
+            ("rows_lost", "rows_duplicated", "decisions_dropped", "extra_versions", "mlflow_runs_left_running",
+             "problems", "production_version")}}
 
 
 def table(rows: list[dict]) -> str:

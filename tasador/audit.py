@@ -6,6 +6,7 @@ tests and ``bench.faults`` assert after every scenario, and what an operator can
 - every raw row is clean or rejected exactly once (clean + rejected = raw, by raw_id);
 - every processed batch has a decision; every "retrain" decision names a training that registered
   a version, and its promotion outcome is written; each training registered exactly one version;
+- no MLflow run of its trainings is left RUNNING (a crashed attempt's are marked KILLED by the next);
 - the ``production`` alias is on the version the last recorded alias move says.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from psycopg2 import sql
 
 from tasador import db, registry
+from tasador.retrain import runs_left_running
 from tasador.schema import COLUMNS
 from tasador.settings import Settings
 
@@ -124,6 +126,10 @@ def audit(settings: Settings, group: int, day: str, api_batches: list[list[dict]
         if len(found) > 1 or (version is not None and found != [version]):
             extra_versions += max(0, len(found) - 1)
             problems.append(f"training {training_id} (recorded v{version}) has versions {found} in the registry")
+    running = {training_id: runs_left_running(settings, training_id) for training_id in trainings}
+    for training_id, runs in running.items():
+        if runs:
+            problems.append(f"training {training_id} left {len(runs)} MLflow run(s) RUNNING: {runs}")
     production = registry.production(settings)
     alias = production.version if production else None
     recorded = last_move[0] if last_move else None
@@ -131,7 +137,8 @@ def audit(settings: Settings, group: int, day: str, api_batches: list[list[dict]
         problems.append(f"the alias is on v{alias} but the last recorded move says v{recorded}")
     return {"group_number": group, "day": day, "batches": len(ledger), "rows_lost": lost,
             "rows_duplicated": duplicated, "decisions_dropped": dropped, "extra_versions": extra_versions,
-            "trainings": len(trainings), "production_version": alias, "problems": problems}
+            "trainings": len(trainings), "mlflow_runs_left_running": sum(map(len, running.values())),
+            "production_version": alias, "problems": problems}
 
 
 def _versions_by_training(settings: Settings) -> dict[str, list[str]]:

@@ -33,6 +33,7 @@ POINTS = (
     "decide.before_record",  # drift computed, the decision not written
     "train.trial_step",  # inside a Tune trial (a Ray worker), after its first report
     "train.before_register",  # the best model chosen, no version registered yet
+    "train.before_log_model",  # the best trial's run resumed to log the model into; nothing logged yet
     "train.after_register",  # the version is registered, the decisions do not say so yet
     "promote.before_alias",  # the verdict is recorded, the alias not moved
     "promote.after_alias",  # the alias moved, the tags and the outcome not written

@@ -36,10 +36,11 @@ def train_pending(settings: Settings, group: int, day: str, force: bool = False)
         trigger = decisions.get(settings, pending[-1]) if pending else {"batch_id": 0,
                                                                           "retrain_reason": "forced by the operator"}
         training_id = _open_training(settings, group, day, unfinished, trigger["batch_id"], pending)
+        _end_stale_runs(settings, training_id)  # what a crashed attempt left RUNNING (under the lock: none runs)
         version = registry.version_for_training(settings, training_id)
         if version is None:
-            _end_stale_runs(settings, training_id)
             result = training.train(settings, trigger, training_id, pending)
+            _end_stale_runs(settings, training_id)  # a trial whose worker died: Tune ran it again in a new run
             faults.point("train.after_register", settings)
             status = "trained"
         else:  # a crashed run registered it: record it, do not train again
@@ -130,18 +131,29 @@ def _result_from_registry(settings: Settings, version: str) -> dict:
             "data_hash": tags.get("data_hash")}
 
 
-def _end_stale_runs(settings: Settings, training_id: int) -> None:
-    """Mark the MLflow runs a crashed attempt of this training left RUNNING as KILLED."""
+def runs_left_running(settings: Settings, training_id: int) -> list[str]:
+    """The MLflow runs of this training still RUNNING: its parent runs (tagged with its ``training_id``)
+    and their trials' runs. A crash leaves them so: during the search (the parent and its trials), or
+    while the best trial's run, resumed after the parent ended, logs the model (``training.register``)."""
     from tasador.registry import mlflow_client
 
     client = mlflow_client(settings)
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     if experiment is None:
-        return
-    stale = client.search_runs([experiment.experiment_id], f"tags.training_id = '{int(training_id)}'"
-                               " AND attributes.status = 'RUNNING'")
-    for run in stale:
+        return []
+    ids = [experiment.experiment_id]
+    parents = client.search_runs(ids, f"tags.training_id = '{int(training_id)}'")
+    running = [run.info.run_id for run in parents if run.info.status == "RUNNING"]
+    for run in parents:
         children = f"tags.mlflow.parentRunId = '{run.info.run_id}' AND attributes.status = 'RUNNING'"
-        for child in client.search_runs([experiment.experiment_id], children):
-            client.set_terminated(child.info.run_id, "KILLED")
-        client.set_terminated(run.info.run_id, "KILLED")
+        running += [child.info.run_id for child in client.search_runs(ids, children)]
+    return running
+
+
+def _end_stale_runs(settings: Settings, training_id: int) -> None:
+    """Mark the MLflow runs a crashed attempt of this training left RUNNING as KILLED."""
+    from tasador.registry import mlflow_client
+
+    client = mlflow_client(settings)
+    for run_id in runs_left_running(settings, training_id):
+        client.set_terminated(run_id, "KILLED")

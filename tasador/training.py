@@ -327,6 +327,7 @@ def register(settings: Settings, model: PriceModel, run_id: str, ds: Dataset, te
             **serving_check}
     with tracking_server(settings), phase("log_and_register"):
         with mlflow.start_run(run_id=run_id):
+            faults.point("train.before_log_model", settings)
             info = mlflow.sklearn.log_model(
                 model, name="model", input_example=example,
                 signature=infer_signature(example, model.predict(example)),
