@@ -36,17 +36,18 @@ def train_pending(settings: Settings, group: int, day: str, force: bool = False)
         trigger = decisions.get(settings, pending[-1]) if pending else {"batch_id": 0,
                                                                           "retrain_reason": "forced by the operator"}
         training_id = _open_training(settings, group, day, unfinished, trigger["batch_id"], pending)
-        _end_stale_runs(settings, training_id)  # what a crashed attempt left RUNNING (under the lock: none runs)
         version = registry.version_for_training(settings, training_id)
         if version is None:
             result = training.train(settings, trigger, training_id, pending)
-            _end_stale_runs(settings, training_id)  # a trial whose worker died: Tune ran it again in a new run
             faults.point("train.after_register", settings)
             status = "trained"
         else:  # a crashed run registered it: record it, do not train again
             result = _result_from_registry(settings, version)
             status = "recovered"
             log.warning("training %s had registered v%s before a crash: recording it", training_id, version)
+        # what a crashed attempt left RUNNING, and a trial whose worker died (Tune ran it again in a new
+        # run); under the lock, nothing of this training runs now
+        _end_stale_runs(settings, training_id)
         covered = _record_training(settings, training_id, trigger["batch_id"], result)
     return {**base, "status": status, "training_id": training_id, "batch_id": trigger["batch_id"],
             "covers": covered, **result}
@@ -134,7 +135,8 @@ def _result_from_registry(settings: Settings, version: str) -> dict:
 def runs_left_running(settings: Settings, training_id: int) -> list[str]:
     """The MLflow runs of this training still RUNNING: its parent runs (tagged with its ``training_id``)
     and their trials' runs. A crash leaves them so: during the search (the parent and its trials), or
-    while the best trial's run, resumed after the parent ended, logs the model (``training.register``)."""
+    while the best trial's run, resumed after the parent ended, logs the model (``training.register``);
+    so does a Tune worker's death, its trial run again in a new run."""
     from tasador.registry import mlflow_client
 
     client = mlflow_client(settings)
