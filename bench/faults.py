@@ -41,8 +41,7 @@ class Lab:
     s: Settings
     folder: Path
     proxy: FaultProxy
-    api: str  # the data API itself, for the accounting
-    base: Settings  # the stack's own settings (the lab's point its jobs at the proxy)
+    base: Settings  # the stack's own (the lab's point its jobs at the proxy; the accounting asks the API)
     api_modes: tuple = ()  # the API faults api_fault injects, in turn
 
     @classmethod
@@ -57,7 +56,7 @@ class Lab:
                          retrain_min_rows=1_000 if trains else 10**9, data_api_url=proxy.url,
                          data_api_timeout_s=2.0 if api_modes else base.data_api_timeout_s,
                          data_api_backoff_s=0.2, **changes)
-        return cls(name, s, folder, proxy, base.data_api, base, api_modes)
+        return cls(name, s, folder, proxy, base, api_modes)
 
     def args(self) -> list[str]:
         return ["--group", str(self.s.group), "--day", self.s.day]
@@ -75,7 +74,7 @@ class Lab:
 
     def account(self) -> dict:
         """The audit of the scenario's (group, day) against every batch the API served."""
-        served = api_batches(self.api, self.s.group, self.s.day, self.proxy.position)
+        served = api_batches(self.base.data_api, self.s.group, self.s.day, self.proxy.position)
         return {**audit.audit(self.s, self.s.group, self.s.day, served), "served": len(served)}
 
     def wait_reached(self, point: str, job_id: str, timeout_s: float = 600) -> None:
