@@ -198,8 +198,12 @@ def hey(url: str, body_file: str, workers: int, seconds: int, niceness: int = 0)
     return rows
 
 
+def percentile_ms(values: list[float], percentile: float) -> float | None:
+    return round(float(np.percentile(values, percentile)) * 1000, 1) if values else None
+
+
 def p99_ms(values: list[float]) -> float | None:
-    return round(float(np.percentile(values, 99)) * 1000, 1) if values else None
+    return percentile_ms(values, 99)
 
 
 OVERLOAD_ROUNDS = 3  # the sustainable rate and 4x it, in turn, this many times each
@@ -264,11 +268,11 @@ def overload(settings, one: str, seconds: int) -> dict:
     loaded_s = OVERLOAD_ROUNDS * seconds
     return {"saturated_req_s": saturated, "sustainable_req_s": rate, "overload_rounds": OVERLOAD_ROUNDS,
             "overload_phase_s": seconds,
-            "sustainable_p99_ms": p99_ms(ok),
+            "sustainable_p99_ms": p99_ms(ok), "sustainable_p50_ms": percentile_ms(ok, 50),
             "sustainable_failed": len(calm_requests) - len(ok) + calm["unanswered"],
             "overload_offered_req_s": 4 * rate, "overload_requests": len(loaded_requests),
             "overload_accepted": len(accepted), "overload_accepted_req_s": round(len(accepted) / loaded_s),
-            "overload_accepted_p99_ms": p99_ms(accepted),
+            "overload_accepted_p99_ms": p99_ms(accepted), "overload_accepted_p50_ms": percentile_ms(accepted, 50),
             "overload_refused_503": len(refused), "overload_refused_p99_ms": p99_ms([t for t, _ in refused]),
             "refused_with_retry_after": sum(1 for _, retry_after in refused if retry_after),
             "overload_other_status": len(loaded_requests) - len(accepted) - len(refused),

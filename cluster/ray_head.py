@@ -175,7 +175,8 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     d = haproxy_dir(settings)
     limits = {"TASADOR_HAPROXY_REPLICA_MAXCONN": str(settings.serve_replica_maxconn),
               "TASADOR_HAPROXY_QUEUE_MAX": str(settings.serve_queue_max),
-              "TASADOR_HAPROXY_QUEUE_TIMEOUT_MS": str(settings.serve_queue_timeout_ms)}
+              "TASADOR_HAPROXY_QUEUE_TIMEOUT_MS": str(settings.serve_queue_timeout_ms),
+              "TASADOR_HAPROXY_QUEUE_LIFO_FROM": str(settings.serve_queue_lifo_from)}
     large = {"TASADOR_HAPROXY_LARGE_BODY_BYTES": str(LARGE_BODY_BYTES),
              "TASADOR_HAPROXY_LARGE_BODY_PREFIX": BULK_ROUTE_PREFIX}
     return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "TASADOR_HAPROXY_BINARY": binary, **large,

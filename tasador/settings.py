@@ -35,8 +35,8 @@ NOT_SETTINGS = {
     "TASADOR_EXTRAS": "scripts/bootstrap.sh (the project's pip extras)",
     "TASADOR_SCREENSHOTS": "tests/test_dashboard.py (where to write the pages' screenshots)",
     **{f"TASADOR_HAPROXY_{name}": "cluster/haproxy-rewrite-config (from cluster/ray_head.py)"
-       for name in ("BINARY", "REPLICA_MAXCONN", "QUEUE_MAX", "QUEUE_TIMEOUT_MS", "LARGE_BODY_BYTES",
-                     "LARGE_BODY_PREFIX", "HTTP_REQUEST_TIMEOUT_S", "METRICS_HOST")},
+       for name in ("BINARY", "REPLICA_MAXCONN", "QUEUE_MAX", "QUEUE_TIMEOUT_MS", "QUEUE_LIFO_FROM",
+                     "LARGE_BODY_BYTES", "LARGE_BODY_PREFIX", "HTTP_REQUEST_TIMEOUT_S", "METRICS_HOST")},
 }
 
 
@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     # p99s at both rates alike (their ratio 2.0-2.3), and 10 refused 33-96 requests at the sustainable rate;
     # at 20, 64 closed-loop clients got 4.6% refused, against 0.05% at 40 (docs/benchmarks.md, 2026-12-07)
     serve_queue_timeout_ms: int = 40
+    # adaptive LIFO (cluster/haproxy-rewrite-config, 7.): while this many wait (of serve_queue_max), a new
+    # request is served before them, and the ones that waited longest meet the timeout; 0: first come,
+    # first served always. Three quarters of the queue: at 8-24 the sustainable rate's short stalls refused
+    # 51-332 requests a run (docs/benchmarks.md, 2026-12-07)
+    serve_queue_lifo_from: int = 36
     # HAProxy's threads (Ray's default 4): with 1 on 2 cores HAProxy took 0.17 core, not 0.36, and 64
     # clients got 1,415-1,526 req/s instead of 1,277-1,319 (docs/benchmarks.md)
     serve_haproxy_threads: int = 1

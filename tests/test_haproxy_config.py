@@ -4,16 +4,22 @@ HAProxy (``-c``) that ray[serve] bundles. The behaviour under load is in tests/t
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
-from cluster import ray_head, ray_supervisor
+from cluster import processes, ray_head, ray_supervisor
 from serve_app.schemas import BULK_ROUTE_PREFIX, LARGE_BODY_BYTES
+from tasador.retry import poll
 from tasador.settings import NOT_SETTINGS, Settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ray-haproxy.cfg"
@@ -80,18 +86,23 @@ def test_overload_is_refused_by_haproxy_with_retry_after_and_twice_rewritten_is_
                          r"\{ queue\(http-tasador\) ge 5 \}$", text, re.M)
     errorfile = re.findall(r"^\s*errorfile 503 (\S+)$", text, re.M)
     assert len(refusal) == 1 and errorfile == refusal, (refusal, errorfile)
+    lifo = re.findall(r"^\s*http-request set-priority-offset (.*)$", text, re.M)
+    assert lifo == ["date(0,ms),mod(60000),mul(-2) if is_http-tasador "
+                    f"{{ queue(http-tasador) ge {s.serve_queue_lifo_from} }}"]
     response = Path(errorfile[0]).read_bytes()
     head, body = response.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1" in head
     assert b"overloaded" in body and body.strip().startswith(b"{")
 
 
-@pytest.mark.parametrize("zero", ["serve_replica_maxconn", "serve_queue_max", "serve_queue_timeout_ms"])
+@pytest.mark.parametrize("zero", ["serve_replica_maxconn", "serve_queue_max", "serve_queue_timeout_ms",
+                                  "serve_queue_lifo_from"])
 def test_a_limit_set_to_0_is_left_as_ray_has_it(tmp_path, zero):
     text = rewrite(tmp_path, Settings().replace(**{zero: 0}))
     assert ("maxconn 16" in text) == (zero != "serve_replica_maxconn")
-    assert ("{ queue(" in text) == (zero != "serve_queue_max")
+    assert ("return status 503 errorfile" in text) == (zero != "serve_queue_max")
     assert ("timeout queue" in text) == (zero != "serve_queue_timeout_ms")
+    assert ("set-priority-offset" in text) == (zero != "serve_queue_lifo_from")
 
 
 def test_the_refusal_states_its_length_so_the_connection_stays_open():
@@ -141,3 +152,104 @@ def test_the_bulk_application_is_where_the_wrapper_sends_large_bodies():
     apps = yaml.safe_load((Path(__file__).parents[1] / "serve_app" / "config.yaml").read_text())["applications"]
     (bulk,) = [a for a in apps if a["import_path"] == "serve_app.app:bulk_app"]
     assert bulk["route_prefix"] == BULK_ROUTE_PREFIX
+
+
+class HeldReplica:
+    """A stand-in for the replicas behind a real HAProxy: answers Serve's health check at once and holds
+    every other request until ``release``, noting the ``X-Seq`` header of each in the order it came."""
+
+    def __init__(self):
+        self.arrived, self.held, self.cond = [], [], threading.Condition()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn, conn.makefile("rb") as f:
+            while (line := f.readline()) and line.strip():
+                head = [line]
+                while (h := f.readline()) not in (b"\r\n", b"\n", b""):
+                    head.append(h)
+                seq = next((h[6:].strip().decode() for h in head if h.lower().startswith(b"x-seq:")), None)
+                if seq is not None:
+                    done = threading.Event()
+                    with self.cond:
+                        self.arrived.append(seq)
+                        self.held.append(done)
+                        self.cond.notify_all()
+                    done.wait(30)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def wait_arrived(self, count: int):
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.arrived) >= count, 10), self.arrived
+
+    def release(self):
+        with self.cond:
+            self.held.pop(0).set()
+
+
+def queued(admin_sock: Path, backend: str) -> int:
+    """Requests waiting in HAProxy's queue for ``backend`` (``show stat`` on its admin socket)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(admin_sock))
+        s.sendall(b"show stat\n")
+        out = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    rows = list(csv.DictReader(out.lstrip("# ").splitlines()))
+    return int(next(r["qcur"] for r in rows if r["pxname"] == backend and r["svname"] == "BACKEND"))
+
+
+@pytest.mark.stack
+def test_a_queue_that_is_not_draining_serves_the_newest_request_first(tmp_path):
+    """Adaptive LIFO on the real HAProxy, through the rewritten template: two slots busy, two requests
+    queued first come first served, then three more once two wait. As slots free, the three go newest
+    first, then the first two in their order."""
+    held = HeldReplica()
+    s = Settings().replace(serve_replica_maxconn=1, serve_queue_max=100, serve_queue_timeout_ms=20_000,
+                           serve_queue_lifo_from=2)
+    text = rewrite(tmp_path, s)
+    front, stats, exporter = processes.free_port(), processes.free_port(), processes.free_port()
+    text = re.sub(r"127\.0\.0\.1:3000[01]", f"127.0.0.1:{held.port}", text)
+    text = text.replace("127.0.0.1:20646", f"127.0.0.1:{front}").replace("127.0.0.1:21184", f"127.0.0.1:{stats}")
+    (tmp_path / "haproxy.cfg").write_text(text.replace("127.0.0.1:21183", f"127.0.0.1:{exporter}"))
+    # the window of the LIFO offsets turns each minute (cluster/haproxy-rewrite-config, 7.): not during the test
+    while time.time() % 60 > 45:
+        time.sleep(60 - time.time() % 60)
+    proxy = subprocess.Popen([ray_head.haproxy_env(s)["TASADOR_HAPROXY_BINARY"], "-f", str(tmp_path / "haproxy.cfg")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    answers, clients = {}, []
+    try:
+        def ask(seq):
+            with requests.post(f"http://127.0.0.1:{front}/predict", headers={"X-Seq": seq}, timeout=30) as r:
+                answers[seq] = r.status_code
+
+        processes.wait_http(f"http://127.0.0.1:{front}/-/healthz", 15, pid=proxy.pid)
+        for seq, waiting in [("s1", None), ("s2", None), ("f1", 0), ("f2", 1), ("l1", 2), ("l2", 3), ("l3", 4)]:
+            clients.append(threading.Thread(target=ask, args=(seq,)))
+            clients[-1].start()
+            if waiting is None:
+                held.wait_arrived(len(clients))
+            else:
+                poll(lambda: queued(tmp_path / "admin.sock", "http-tasador"), lambda n, w=waiting: n == w + 1, 10,
+                     f"{seq} queued", every_s=0.02)
+        for n in range(3, 8):
+            held.release()
+            held.wait_arrived(n)
+        while held.held:
+            held.release()
+        for c in clients:
+            c.join(30)
+    finally:
+        proxy.kill()
+        proxy.wait()
+        held.sock.close()
+    assert held.arrived == ["s1", "s2", "l3", "l2", "l1", "f1", "f2"]
+    assert answers == dict.fromkeys(held.arrived, 200)
