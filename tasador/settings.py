@@ -144,10 +144,11 @@ class Settings(BaseSettings):
     # at 20, 64 closed-loop clients got 4.6% refused, against 0.05% at 40 (docs/benchmarks.md, 2026-12-07)
     serve_queue_timeout_ms: int = 40
     # adaptive LIFO (cluster/haproxy-rewrite-config, 7.): while this many wait (of serve_queue_max), a new
-    # request is served before them, and the ones that waited longest meet the timeout; 0: first come,
-    # first served always. Three quarters of the queue: at 8-24 the sustainable rate's short stalls refused
-    # 51-332 requests a run (docs/benchmarks.md, 2026-12-07)
-    serve_queue_lifo_from: int = 36
+    # request is served before them, and the ones that waited longest meet the timeout. Off (0: first
+    # come, first served): at 36 it halved the median accepted request at 4x open-loop overload, but 72-80
+    # closed-loop clients, whose standing queue first come drains within the timeout, got 29-31% refused
+    # (docs/benchmarks.md, 2026-12-07)
+    serve_queue_lifo_from: int = 0
     # HAProxy's threads (Ray's default 4): with 1 on 2 cores HAProxy took 0.17 core, not 0.36, and 64
     # clients got 1,415-1,526 req/s instead of 1,277-1,319 (docs/benchmarks.md)
     serve_haproxy_threads: int = 1

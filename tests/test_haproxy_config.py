@@ -76,7 +76,8 @@ def test_a_pods_exporter_binds_the_pods_address_and_its_stats_page_loopback(tmp_
 
 
 def test_overload_is_refused_by_haproxy_with_retry_after_and_twice_rewritten_is_once(tmp_path):
-    s = Settings().replace(serve_replica_maxconn=12, serve_queue_max=5, serve_queue_timeout_ms=150)
+    s = Settings().replace(serve_replica_maxconn=12, serve_queue_max=5, serve_queue_timeout_ms=150,
+                           serve_queue_lifo_from=4)
     text = rewrite(tmp_path, s, times=2)  # Ray re-executes HAProxy on the same file at each reload
     replicas = re.findall(r"^\s*server SERVE_REPLICA_\S+ .*$", text, re.M)
     assert len(replicas) == 2 and all(line.endswith(" maxconn 12") for line in replicas), replicas
@@ -98,7 +99,7 @@ def test_overload_is_refused_by_haproxy_with_retry_after_and_twice_rewritten_is_
 @pytest.mark.parametrize("zero", ["serve_replica_maxconn", "serve_queue_max", "serve_queue_timeout_ms",
                                   "serve_queue_lifo_from"])
 def test_a_limit_set_to_0_is_left_as_ray_has_it(tmp_path, zero):
-    text = rewrite(tmp_path, Settings().replace(**{zero: 0}))
+    text = rewrite(tmp_path, Settings().replace(**{"serve_queue_lifo_from": 36, zero: 0}))
     assert ("maxconn 16" in text) == (zero != "serve_replica_maxconn")
     assert ("return status 503 errorfile" in text) == (zero != "serve_queue_max")
     assert ("timeout queue" in text) == (zero != "serve_queue_timeout_ms")
