@@ -36,6 +36,7 @@ HAPROXY_REQUEST_HEADER_TIMEOUT_S = 10
 # a multi-node cluster on this machine (the distribution test) keeps Ray's cluster mode and advertises
 # the machine's address (docs/security.md).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOG_MONITOR_MAX_OPEN_FILES = 32  # Ray's log monitor lets go of dead workers' files only at this many open
 METRICS_PERIOD_S = 15  # Prometheus scrapes every this often (cluster/prometheus.py); Ray's agent gathers as often
 # The ports of one node, from its first (the head's: the GCS port): daemons +0..+9, workers +10..+209,
 # and, of the head's block, Serve's +210..+299 (serve_ports_env). A worker node's block follows.
@@ -100,9 +101,14 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     # monitor looks for new log files once a second instead of at every 0.1-s pass (it globbed the
     # session's log folder ten times a second while the node had fewer than 1,000 files). The dashboard
     # agent gathers the node's stats (psutil over every Ray process) every 15 s, not 5: Prometheus scrapes
-    # them every 15 s, so two of three gatherings were never read.
+    # them every 15 s, so two of three gatherings were never read. The log monitor reads every log file it
+    # holds open ten times a second, and lets go of a dead worker's files (moving them to logs/old) only
+    # when it reaches its limit of open files: at Ray's 200, a cycle's jobs, trials and Ray Data tasks left
+    # about 180 dead workers' files open (0.017 core; 0.008 with the limit at 32, bench.idle in
+    # docs/benchmarks.md). An idle stack's live workers hold about 24.
     env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
-               LOG_NAME_UPDATE_INTERVAL_S="1", REPORTER_UPDATE_INTERVAL_MS=str(METRICS_PERIOD_S * 1000))
+               LOG_NAME_UPDATE_INTERVAL_S="1", REPORTER_UPDATE_INTERVAL_MS=str(METRICS_PERIOD_S * 1000),
+               RAY_LOG_MONITOR_MAX_OPEN_FILES=str(LOG_MONITOR_MAX_OPEN_FILES))
     if settings.ray_serve_high_throughput:
         env.update({**serve_ingress_env(settings), **serve_ports_env(settings),
                     "RAY_SERVE_HAPROXY_METRICS_PORT": str(haproxy_metrics_port(settings, index)),

@@ -4,8 +4,10 @@ down stops exactly what up started."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,33 @@ def test_private_stack_ports_are_distinct_and_outside_the_ephemeral_range(tmp_pa
     assert max(ports) < low
     stack.down(first, discard=True)  # nothing ran: a discarded stack's ports may be handed out again
     assert not stack.ports(first) & processes._HANDED_OUT and stack.ports(second) <= processes._HANDED_OUT
+
+
+def test_the_log_monitor_lets_go_of_dead_workers_log_files(settings):
+    """Ray's log monitor reads every log file it holds open ten times a second, and moves a dead worker's
+    files to ``logs/old`` only when it reaches its limit of open files. 40 short-lived workers (two files
+    each): at Ray's limit of 200 it would hold all 80 with the stack's own (about 24); at the head's
+    ``LOG_MONITOR_MAX_OPEN_FILES`` it lets go of the dead ones."""
+    import psutil
+
+    logs = (ray_head.temp_dir(settings) / "session_latest").resolve() / "logs"  # the link, as open files name it
+    driver = ("import ray\n"
+              f"ray.init(address='127.0.0.1:{settings.ray_gcs_port}', logging_level='ERROR')\n"
+              "@ray.remote(max_calls=1, num_cpus=0.5)\ndef hello(i):\n    print('hello', i)\n    return i\n"
+              "assert ray.get([hello.remote(i) for i in range(40)]) == list(range(40))\n")
+    subprocess.run([sys.executable, "-c", driver], env={**os.environ, **ray_head.node_env(settings)}, check=True,
+                   timeout=300, capture_output=True)
+    monitor = next(p for p in psutil.process_iter(["cmdline"])
+                   if any("log_monitor.py" in part for part in p.info["cmdline"] or [])
+                   and any(str(ray_head.temp_dir(settings)) in part for part in p.info["cmdline"]))
+
+    def held_and_let_go() -> tuple[int, int]:
+        held = sum(1 for f in monitor.open_files()  # workers' files: the monitor's own log is in logs/ too
+                   if Path(f.path).parent == logs and Path(f.path).name.startswith("worker-"))
+        return held, len(list((logs / "old").glob("worker-*"))) if (logs / "old").is_dir() else 0
+
+    deadline = time.monotonic() + 30
+    while not held_and_let_go()[1] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    held, let_go = held_and_let_go()
+    assert held <= ray_head.LOG_MONITOR_MAX_OPEN_FILES and let_go, (held, let_go)
