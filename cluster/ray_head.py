@@ -104,8 +104,8 @@ def node_env(settings: Settings, index: int = -1, multi_node: bool = False) -> d
     # them every 15 s, so two of three gatherings were never read. The log monitor reads every log file it
     # holds open ten times a second, and lets go of a dead worker's files (moving them to logs/old) only
     # when it reaches its limit of open files: at Ray's 200, a cycle's jobs, trials and Ray Data tasks left
-    # about 180 dead workers' files open (0.017 core; 0.008 with the limit at 32, bench.idle in
-    # docs/benchmarks.md). An idle stack's live workers hold about 24.
+    # about 180 dead workers' files open (0.017 core; 0.008 with the limit at 32: docs/benchmarks.md, "The
+    # idle stack after a cycle"). An idle stack's live workers hold about 24.
     env.update(RAY_SERVE_CONTROL_LOOP_INTERVAL_S="0.5", RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
                LOG_NAME_UPDATE_INTERVAL_S="1", REPORTER_UPDATE_INTERVAL_MS=str(METRICS_PERIOD_S * 1000),
                RAY_LOG_MONITOR_MAX_OPEN_FILES=str(LOG_MONITOR_MAX_OPEN_FILES))

@@ -71,12 +71,13 @@ def test_private_stack_ports_are_distinct_and_outside_the_ephemeral_range(tmp_pa
 
 def test_the_log_monitor_lets_go_of_dead_workers_log_files(settings):
     """Ray's log monitor reads every log file it holds open ten times a second, and moves a dead worker's
-    files to ``logs/old`` only when it reaches its limit of open files. 40 short-lived workers (two files
-    each): at Ray's limit of 200 it would hold all 80 with the stack's own (about 24); at the head's
-    ``LOG_MONITOR_MAX_OPEN_FILES`` it lets go of the dead ones."""
+    files to ``logs/old`` only when it reaches its limit of open files. 40 short-lived workers, each
+    writing one file: at Ray's limit of 200 it would hold the 40 with the stack's own (about 24) and move
+    none; at the head's ``LOG_MONITOR_MAX_OPEN_FILES`` it reaches its limit and lets go of the dead
+    workers' files it holds (how many depends on when it reached it)."""
     import psutil
 
-    logs = (ray_head.temp_dir(settings) / "session_latest").resolve() / "logs"  # the link, as open files name it
+    logs = (ray_head.temp_dir(settings) / "session_latest").resolve() / "logs"  # open files name the real path
     driver = ("import ray\n"
               f"ray.init(address='127.0.0.1:{settings.ray_gcs_port}', logging_level='ERROR')\n"
               "@ray.remote(max_calls=1, num_cpus=0.5)\ndef hello(i):\n    print('hello', i)\n    return i\n"
