@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cluster import processes, ray_head, stack
+from tasador.retry import poll
 from tests.conftest import fresh_settings, registry_pids
 
 
@@ -93,8 +93,5 @@ def test_the_log_monitor_lets_go_of_dead_workers_log_files(settings):
                    if Path(f.path).parent == logs and Path(f.path).name.startswith("worker-"))
         return held, len(list((logs / "old").glob("worker-*"))) if (logs / "old").is_dir() else 0
 
-    deadline = time.monotonic() + 30
-    while not held_and_let_go()[1] and time.monotonic() < deadline:
-        time.sleep(0.5)
-    held, let_go = held_and_let_go()
+    held, let_go = poll(held_and_let_go, lambda seen: seen[1], 30, "dead workers' files moved to logs/old")
     assert held <= ray_head.LOG_MONITOR_MAX_OPEN_FILES and let_go, (held, let_go)
